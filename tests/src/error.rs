@@ -45,6 +45,18 @@ pub enum HarnessError {
     /// The cluster description is inconsistent (a pod without a node, a duplicate name...).
     #[error("invalid cluster description: {0}")]
     Spec(String),
+    /// A program the test waited on exited first.
+    #[error("{label} exited ({status}) before {awaited}\n{logs}")]
+    Exited {
+        /// The program's label.
+        label: String,
+        /// How it exited.
+        status: String,
+        /// What the test was waiting for.
+        awaited: String,
+        /// Its output.
+        logs: String,
+    },
     /// A condition polled with [`crate::eventually`] never held.
     #[error("timed out after {waited:?} waiting for {what}; last failure: {last}")]
     Timeout {

@@ -16,7 +16,6 @@ use nix::unistd::Pid;
 
 use crate::cleanup;
 use crate::error::{HarnessError, Result};
-use crate::eventually::eventually;
 
 /// How long a program may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -102,27 +101,28 @@ impl Process {
     ///
     /// Fails at once, with its output, if it exits first.
     pub fn wait_for_stdout(&self, needle: &str, timeout: Duration) -> Result<()> {
-        eventually(
-            format!("{} to print {needle:?}", self.label),
-            timeout,
-            || {
-                if self.stdout().contains(needle) {
-                    return Ok(());
-                }
-                if let Some(status) = self.exit_status()? {
-                    return Err(HarnessError::Spec(format!(
-                        "{} exited ({status}) before printing {needle:?}\n{}",
-                        self.label,
-                        self.logs()
-                    )));
-                }
-                Err(HarnessError::Spec("not yet".into()))
-            },
-        )
-        .map_err(|err| match err {
-            HarnessError::Timeout { .. } => HarnessError::Spec(format!("{err}\n{}", self.logs())),
-            other => other,
-        })
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.exit_status()? {
+                return Err(HarnessError::Exited {
+                    label: self.label.clone(),
+                    status: status.to_string(),
+                    awaited: format!("printing {needle:?}"),
+                    logs: self.logs(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("{} to print {needle:?}", self.label),
+                    waited: timeout,
+                    last: self.logs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Stops it: SIGTERM to its group, then SIGKILL after a grace period; returns how it
