@@ -39,19 +39,30 @@ fn two_by_two() -> Cluster {
 
 /// Namespaces whose names start with `prefix`.
 fn namespaces_with(prefix: &str) -> Vec<String> {
-    netns::list().unwrap().into_iter().filter(|n| n.starts_with(prefix)).collect()
+    netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 #[test]
 fn every_pod_reaches_every_other_pod_over_tcp_by_ip() {
     let cluster = two_by_two();
     for pod in cluster.pods() {
-        pod.serve(["tcp-echo", "--listen", &format!("0.0.0.0:{ECHO_PORT}")]).unwrap();
+        pod.serve(["tcp-echo", "--listen", &format!("0.0.0.0:{ECHO_PORT}")])
+            .unwrap();
     }
     let mut pairs = 0;
     for from in cluster.pods() {
         for to in cluster.pods().iter().filter(|p| p.name() != from.name()) {
-            let message = format!("from {} ({}) to {} ({})", from.name(), from.ip(), to.name(), to.ip());
+            let message = format!(
+                "from {} ({}) to {} ({})",
+                from.name(),
+                from.ip(),
+                to.name(),
+                to.ip()
+            );
             let addr = SocketAddr::from((to.ip(), ECHO_PORT));
             let echoed = from
                 .block_on(|| tcp_echo::round_trip(addr, message.as_bytes()))
@@ -66,8 +77,17 @@ fn every_pod_reaches_every_other_pod_over_tcp_by_ip() {
     // The same through the test app's own client, run as a process in the pod.
     let client = cluster.pod("client");
     let to = format!("{}:{ECHO_PORT}", cluster.pod("legacy").ip());
-    let output = client.exec(mesh_tests::apps::testapp_binary().unwrap(), ["tcp-send", "--to", &to, "--message", "hello"]).unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = client
+        .exec(
+            mesh_tests::apps::testapp_binary().unwrap(),
+            ["tcp-send", "--to", &to, "--message", "hello"],
+        )
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "hello");
 }
 
@@ -75,7 +95,9 @@ fn every_pod_reaches_every_other_pod_over_tcp_by_ip() {
 fn http_from_a_pod_on_node_1_is_answered_by_the_pod_on_node_2_with_its_name() {
     let cluster = two_by_two();
     let server = cluster.pod("server");
-    server.serve(["http-echo", "--listen", &format!("0.0.0.0:{HTTP_PORT}")]).unwrap();
+    server
+        .serve(["http-echo", "--listen", &format!("0.0.0.0:{HTTP_PORT}")])
+        .unwrap();
     let client = cluster.pod("client");
     assert_ne!(client.node_name(), server.node_name());
     let addr = SocketAddr::from((server.ip(), HTTP_PORT));
@@ -87,7 +109,14 @@ fn http_from_a_pod_on_node_1_is_answered_by_the_pod_on_node_2_with_its_name() {
             .unwrap();
         assert_eq!(reply.status, 200, "{version:?}");
         let echo = reply.echo().unwrap();
-        assert_eq!((echo.pod.as_str(), echo.namespace.as_str(), echo.node.as_str()), ("server", "shop", "n2"));
+        assert_eq!(
+            (
+                echo.pod.as_str(),
+                echo.namespace.as_str(),
+                echo.node.as_str()
+            ),
+            ("server", "shop", "n2")
+        );
         assert_eq!(echo.headers["x-request-id"], "abc");
         // No NAT: the server sees the client pod's own address.
         assert_eq!(echo.peer.parse::<SocketAddr>().unwrap().ip(), client.ip());
@@ -96,9 +125,22 @@ fn http_from_a_pod_on_node_1_is_answered_by_the_pod_on_node_2_with_its_name() {
     // And from curl, a client from another stack, over HTTP/1.1 and HTTP/2 prior knowledge.
     for flag in ["--http1.1", "--http2-prior-knowledge"] {
         let output = client
-            .exec("curl", ["-sS", "--max-time", "5", flag, &format!("http://{addr}/from-curl")])
+            .exec(
+                "curl",
+                [
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    flag,
+                    &format!("http://{addr}/from-curl"),
+                ],
+            )
             .unwrap();
-        assert!(output.status.success(), "curl {flag}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "curl {flag}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let echo: http_echo::EchoReply = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(echo.pod, "server");
         assert_eq!(echo.path, "/from-curl");
@@ -111,10 +153,17 @@ fn written_yaml_matches_the_live_cluster() {
     let server = cluster.pod("server");
     let yaml = std::fs::read_to_string(cluster.config_dir().join("pod-shop-server.yaml")).unwrap();
     let pod: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(&yaml).unwrap();
-    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some(server.node_name()));
+    assert_eq!(
+        pod.spec.unwrap().node_name.as_deref(),
+        Some(server.node_name())
+    );
     assert_eq!(pod.status.unwrap().pod_ip, Some(server.ip().to_string()));
-    let service = std::fs::read_to_string(cluster.config_dir().join("service-shop-server.yaml")).unwrap();
-    assert!(service.contains(&cluster.service_ip("shop", "server").to_string()), "{service}");
+    let service =
+        std::fs::read_to_string(cluster.config_dir().join("service-shop-server.yaml")).unwrap();
+    assert!(
+        service.contains(&cluster.service_ip("shop", "server").to_string()),
+        "{service}"
+    );
 }
 
 #[test]
@@ -129,7 +178,9 @@ fn two_clusters_built_in_parallel_do_not_collide() {
             .build()
             .expect("building a cluster in parallel");
         let server = cluster.pod("server");
-        server.serve(["http-echo", "--listen", "0.0.0.0:8080", "--name", tag]).unwrap();
+        server
+            .serve(["http-echo", "--listen", "0.0.0.0:8080", "--name", tag])
+            .unwrap();
         let addr = SocketAddr::from((server.ip(), 8080));
         let mut answers = Vec::new();
         for _ in 0..20 {
@@ -148,16 +199,34 @@ fn two_clusters_built_in_parallel_do_not_collide() {
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_ne!(a.0, b.0, "cluster ids must differ");
-    assert!(a.1.iter().all(|pod| pod == "alpha"), "alpha's client reached {:?}", a.1);
-    assert!(b.1.iter().all(|pod| pod == "beta"), "beta's client reached {:?}", b.1);
+    assert!(
+        a.1.iter().all(|pod| pod == "alpha"),
+        "alpha's client reached {:?}",
+        a.1
+    );
+    assert!(
+        b.1.iter().all(|pod| pod == "beta"),
+        "beta's client reached {:?}",
+        b.1
+    );
 }
 
 #[test]
 fn node_sysctls_stay_inside_the_node() {
     let host_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let cluster = two_by_two();
-    assert_eq!(cluster.node("n1").netns().read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_forwarding);
+    assert_eq!(
+        cluster
+            .node("n1")
+            .netns()
+            .read_sysctl("net.ipv4.ip_forward")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_forwarding
+    );
 }
 
 #[test]
@@ -165,8 +234,14 @@ fn a_program_that_dies_at_start_is_reported_with_its_output() {
     let cluster = Cluster::builder().node("n1").pod("solo").build().unwrap();
     let pod = cluster.pod("solo");
     pod.serve(["tcp-echo", "--listen", "0.0.0.0:7000"]).unwrap();
-    let err = pod.serve(["tcp-echo", "--listen", "0.0.0.0:7000"]).unwrap_err().to_string();
-    assert!(err.contains("exited") && err.contains("binding 0.0.0.0:7000"), "{err}");
+    let err = pod
+        .serve(["tcp-echo", "--listen", "0.0.0.0:7000"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exited") && err.contains("binding 0.0.0.0:7000"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -176,13 +251,20 @@ fn a_panic_inside_a_cluster_removes_its_namespaces_and_processes() {
         let cluster = two_by_two();
         let server = cluster.pod("server").serve(["tcp-echo"]).unwrap();
         seen = Some((cluster.id().to_string(), server.pid()));
-        assert_eq!(namespaces_with(cluster.id()).len(), 1 + 2 + 4, "underlay, nodes, pods");
+        assert_eq!(
+            namespaces_with(cluster.id()).len(),
+            1 + 2 + 4,
+            "underlay, nodes, pods"
+        );
         panic!("on purpose, inside a cluster");
     }));
     assert!(outcome.is_err());
     let (id, pid) = seen.unwrap();
     assert_eq!(namespaces_with(&id), Vec::<String>::new());
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "server pid {pid} still alive");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "server pid {pid} still alive"
+    );
 }
 
 #[test]
@@ -218,24 +300,41 @@ fn ctrl_c_removes_the_cluster_before_exiting() {
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let prefix = format!("{}{}-", cleanup::NAME_PREFIX, child.id());
-    eventually("the demo's cluster to come up", Duration::from_secs(30), || {
-        let found = namespaces_with(&prefix);
-        if found.len() >= 7 { Ok(()) } else { Err(format!("{} namespaces so far", found.len())) }
-    })
+    eventually(
+        "the demo's cluster to come up",
+        Duration::from_secs(30),
+        || {
+            let found = namespaces_with(&prefix);
+            if found.len() >= 7 {
+                Ok(())
+            } else {
+                Err(format!("{} namespaces so far", found.len()))
+            }
+        },
+    )
     .unwrap();
     // Let it reach the hold (its servers are up once it prints the holding line); SIGINT
     // at any point must clean up, so no need to be precise.
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
 }
 
 #[test]
 fn building_without_root_fails_with_a_clear_message() {
     use std::os::unix::process::CommandExt;
-    let output = Command::new(env!("CARGO_BIN_EXE_mesh-demo")).uid(65534).gid(65534).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-demo"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("must run as root"), "{stderr}");
