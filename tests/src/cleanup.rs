@@ -5,7 +5,7 @@
 //!   runs while a panic unwinds.
 //! * Ctrl-C / SIGTERM: [`install_interrupt_handler`] kills every tracked process group and
 //!   deletes every tracked namespace, then exits.
-//! * SIGKILL: nothing runs, so [`sweep_stale`] (called whenever a cluster is built) deletes
+//! * SIGKILL: nothing runs, so [`sweep_stale`] (run when a process first builds a cluster) deletes
 //!   namespaces whose names carry the pid of a harness process that no longer exists.
 
 use std::collections::BTreeSet;
@@ -97,6 +97,20 @@ fn remove_everything_tracked() {
             eprintln!("harness: could not delete {name}: {err}");
         }
     }
+}
+
+/// Runs [`sweep_stale`] the first time a process builds a cluster, reporting on stderr;
+/// a failed sweep is reported and does not stop the build.
+pub fn sweep_stale_once() {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| match sweep_stale() {
+        Ok(removed) => {
+            for name in removed {
+                eprintln!("harness: removed {name}, left by a test process that died");
+            }
+        }
+        Err(err) => eprintln!("harness: could not sweep leftover namespaces: {err}"),
+    });
 }
 
 /// Deletes namespaces left by harness processes that died without cleaning up (SIGKILL,

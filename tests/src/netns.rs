@@ -146,7 +146,11 @@ pub(crate) fn delete(name: &str) -> Result<()> {
             );
         }
     }
-    ip(&["netns", "delete", name]).map(drop)
+    match ip(&["netns", "delete", name]) {
+        // Someone else (a parallel sweep, the Ctrl-C handler) deleted it first: fine.
+        Err(_) if !PathBuf::from(NETNS_DIR).join(name).exists() => Ok(()),
+        result => result.map(drop),
+    }
 }
 
 /// Names of the network namespaces that exist now.

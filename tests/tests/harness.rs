@@ -278,51 +278,100 @@ fn a_test_that_panics_inside_a_cluster() {
 
 #[test]
 fn namespaces_of_a_killed_test_process_are_swept() {
-    // A pid that certainly exited: a child we waited for.
-    let mut child = Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
-    child.wait().unwrap();
-    let leftover = format!("{}{dead_pid}-0-node-n1", cleanup::NAME_PREFIX);
-    netns::ip(&["netns", "add", &leftover]).unwrap();
-    let removed = cleanup::sweep_stale().unwrap();
-    assert!(removed.contains(&leftover), "{removed:?}");
-    assert!(namespaces_with(&leftover).is_empty());
+    // A harness process killed outright (SIGKILL) cleans nothing up itself.
+    let (child, prefix) = start_holding_demo();
+    let held = namespaces_with(&prefix);
+    let pids_inside: Vec<String> = held
+        .iter()
+        .flat_map(|ns| {
+            netns::ip(&["netns", "pids", ns])
+                .unwrap()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        !pids_inside.is_empty(),
+        "the demo runs servers inside its pods"
+    );
+    kill_and_reap(child, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        namespaces_with(&prefix),
+        held,
+        "SIGKILL leaves the namespaces"
+    );
+
+    // Other tests building clusters in parallel may sweep them first; either way they go.
+    cleanup::sweep_stale().unwrap();
+    assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
+    for pid in pids_inside {
+        eventually(format!("pid {pid} to die"), Duration::from_secs(5), || {
+            if is_alive(&pid) {
+                Err("still running")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    }
+}
+
+/// Starts `mesh-demo --hold` and waits until it holds its cluster (traffic done, servers
+/// running); returns the child and the prefix of its namespaces.
+fn start_holding_demo() -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-demo"))
+        .arg("--hold")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (lines, holding) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.starts_with("Holding the cluster") {
+                let _ = lines.send(());
+            }
+        }
+    });
+    holding
+        .recv_timeout(Duration::from_secs(60))
+        .expect("mesh-demo --hold never said it was holding its cluster");
+    let prefix = format!("{}{}-", cleanup::NAME_PREFIX, child.id());
+    assert_eq!(
+        namespaces_with(&prefix).len(),
+        1 + 2 + 4,
+        "underlay, nodes, pods"
+    );
+    (child, prefix)
+}
+
+/// Whether `pid` runs (a zombie waiting for its new parent to reap it does not).
+fn is_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn kill_and_reap(
+    mut child: std::process::Child,
+    signal: nix::sys::signal::Signal,
+) -> std::process::ExitStatus {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    child.wait().unwrap()
 }
 
 #[test]
 fn ctrl_c_removes_the_cluster_before_exiting() {
-    let demo = env!("CARGO_BIN_EXE_mesh-demo");
-    let child = Command::new(demo)
-        .arg("--hold")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let prefix = format!("{}{}-", cleanup::NAME_PREFIX, child.id());
-    eventually(
-        "the demo's cluster to come up",
-        Duration::from_secs(30),
-        || {
-            let found = namespaces_with(&prefix);
-            if found.len() >= 7 {
-                Ok(())
-            } else {
-                Err(format!("{} namespaces so far", found.len()))
-            }
-        },
-    )
-    .unwrap();
-    // Let it reach the hold (its servers are up once it prints the holding line); SIGINT
-    // at any point must clean up, so no need to be precise.
-    std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let (child, prefix) = start_holding_demo();
+    let status = kill_and_reap(child, nix::sys::signal::Signal::SIGINT);
     assert_eq!(
-        output.status.code(),
+        status.code(),
         Some(130),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        "the demo exits as interrupted, after cleaning up"
     );
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
 }

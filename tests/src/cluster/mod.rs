@@ -49,9 +49,7 @@ impl ClusterBuilder {
         let spec = self.into_spec()?;
         crate::netns::ensure_can_build()?;
         cleanup::install_interrupt_handler();
-        for stale in cleanup::sweep_stale()? {
-            eprintln!("harness: removed {stale}, left by a test process that died");
-        }
+        cleanup::sweep_stale_once();
         let id = cleanup::unique_prefix();
         let workdir = tempfile::Builder::new()
             .prefix(&format!("{id}-"))
