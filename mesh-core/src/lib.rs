@@ -1,11 +1,18 @@
 //! The mesh's shared library, used by `ztunnel`, `waypoint` and `istio-cni`.
 //!
-//! It will hold, in the order a byte meets them on its way from one pod to another:
+//! In the order a byte meets them on its way from one pod to another:
 //!
 //! ```text
-//!   model + discovery  ->  identity  ->  tls  ->  hbone::{client,pool}  ==wire==>  hbone::server
-//!   (who is where)        (SPIFFE)     (mTLS)    (HTTP/2 CONNECT out)             (CONNECT in)
+//!   identity  ->  cert  ->  tls  ->  hbone::client (+ pool)  ==wire==>  hbone::server
+//!   (SPIFFE)     (issue,    (mTLS     (HTTP/2 CONNECT out)              (CONNECT in, to a
+//!                 renew)     configs)                                     handler that decides)
 //! ```
 //!
-//! Nothing is implemented yet: the workspace and the simulated-cluster harness land first
-//! (issue 2), identity/TLS/HBONE next (issue 3). See `ARCHITECTURE.md`.
+//! The data-plane model and discovery sources arrive with the L4 data path (issue 4).
+
+pub mod cert;
+pub mod hbone;
+pub mod identity;
+pub mod tls;
+
+pub use identity::Identity;

@@ -1,0 +1,225 @@
+//! One certificate per workload identity, fetched on first use and renewed at half-life.
+//!
+//! Each identity gets a background task that issues its certificate, publishes it on a
+//! `watch` channel, sleeps until half its lifetime has passed and renews. Concurrent first
+//! requests share that single issuance. When renewal fails the task retries with jittered
+//! exponential backoff and the previous certificate stays in service while it is valid.
+//! Live TLS sessions are unaffected by a swap; only new handshakes see the new cert.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::{CertError, CertificateProvider, WorkloadCert};
+use crate::identity::Identity;
+
+/// How renewal retries after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    /// First retry delay (before jitter).
+    pub initial_backoff: Duration,
+    /// Largest retry delay (before jitter).
+    pub max_backoff: Duration,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        RenewalPolicy {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the maintenance task has for one identity.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Nothing issued yet.
+    Pending,
+    /// The certificate in service.
+    Ready(Arc<WorkloadCert>),
+    /// No valid certificate; the last error. Retries continue in the background.
+    Failed(String),
+}
+
+struct Entry {
+    slot: watch::Receiver<Slot>,
+    task: AbortHandle,
+}
+
+/// Keeps a fresh certificate for every identity asked for.
+pub struct CertManager {
+    provider: Arc<dyn CertificateProvider>,
+    policy: RenewalPolicy,
+    entries: Mutex<HashMap<Identity, Entry>>,
+}
+
+impl std::fmt::Debug for CertManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertManager")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertManager {
+    /// A manager issuing from `provider`.
+    pub fn new(provider: Arc<dyn CertificateProvider>, policy: RenewalPolicy) -> Self {
+        CertManager {
+            provider,
+            policy,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The valid certificate for `identity`, issuing it first if needed (must be called
+    /// within a Tokio runtime). Concurrent callers share one issuance.
+    pub async fn fetch(&self, identity: &Identity) -> Result<Arc<WorkloadCert>, CertError> {
+        let mut slot = self.subscribe(identity);
+        loop {
+            let current = slot.borrow_and_update().clone();
+            match current {
+                Slot::Ready(cert) if cert.is_valid_at(SystemTime::now()) => return Ok(cert),
+                Slot::Ready(_) => {
+                    return Err(CertError::Unavailable {
+                        identity: identity.clone(),
+                        reason: "the certificate expired and renewal has not succeeded".into(),
+                    });
+                }
+                Slot::Failed(reason) => {
+                    return Err(CertError::Unavailable {
+                        identity: identity.clone(),
+                        reason,
+                    });
+                }
+                Slot::Pending => {}
+            }
+            if slot.changed().await.is_err() {
+                return Err(CertError::Unavailable {
+                    identity: identity.clone(),
+                    reason: "the certificate manager stopped".into(),
+                });
+            }
+        }
+    }
+
+    /// The certificate in service for `identity`, if one was issued and is still valid;
+    /// never waits (TLS certificate resolvers are synchronous).
+    pub fn current(&self, identity: &Identity) -> Option<Arc<WorkloadCert>> {
+        let entries = self.lock();
+        match &*entries.get(identity)?.slot.borrow() {
+            Slot::Ready(cert) if cert.is_valid_at(SystemTime::now()) => Some(cert.clone()),
+            _ => None,
+        }
+    }
+
+    /// Stops maintaining `identity` (its last workload left this node).
+    pub fn forget(&self, identity: &Identity) {
+        if let Some(entry) = self.lock().remove(identity) {
+            entry.task.abort();
+        }
+    }
+
+    /// Waits until the certificate for `identity` differs from `previous`: how tests and
+    /// pools notice a rotation.
+    pub async fn next_rotation(
+        &self,
+        identity: &Identity,
+        previous: &WorkloadCert,
+    ) -> Arc<WorkloadCert> {
+        let mut slot = self.subscribe(identity);
+        loop {
+            if let Slot::Ready(cert) = &*slot.borrow_and_update()
+                && cert.info().serial != previous.info().serial
+            {
+                return cert.clone();
+            }
+            if slot.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn subscribe(&self, identity: &Identity) -> watch::Receiver<Slot> {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get(identity) {
+            return entry.slot.clone();
+        }
+        let (publish, slot) = watch::channel(Slot::Pending);
+        let task = tokio::spawn(maintain(
+            self.provider.clone(),
+            identity.clone(),
+            publish,
+            self.policy,
+        ));
+        entries.insert(
+            identity.clone(),
+            Entry {
+                slot: slot.clone(),
+                task: task.abort_handle(),
+            },
+        );
+        slot
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Identity, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for CertManager {
+    fn drop(&mut self) {
+        for entry in self.lock().values() {
+            entry.task.abort();
+        }
+    }
+}
+
+/// Issues, publishes and renews one identity's certificate, forever.
+async fn maintain(
+    provider: Arc<dyn CertificateProvider>,
+    identity: Identity,
+    publish: watch::Sender<Slot>,
+    policy: RenewalPolicy,
+) {
+    let mut backoff = policy.initial_backoff;
+    loop {
+        match provider.issue(&identity).await {
+            Ok(cert) => {
+                let renew_at = cert.renew_at();
+                tracing::debug!(%identity, serial = %cert.info().serial, "certificate issued");
+                publish.send_replace(Slot::Ready(Arc::new(cert)));
+                backoff = policy.initial_backoff;
+                let wait = renew_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                // A provider handing out nearly expired certificates must not make us spin.
+                tokio::time::sleep(wait.max(policy.initial_backoff)).await;
+            }
+            Err(err) => {
+                tracing::warn!(%identity, error = %err, retry_in = ?backoff, "certificate issuance failed");
+                let still_valid = matches!(
+                    &*publish.borrow(),
+                    Slot::Ready(cert) if cert.is_valid_at(SystemTime::now())
+                );
+                if !still_valid {
+                    publish.send_replace(Slot::Failed(err.to_string()));
+                }
+                tokio::time::sleep(jittered(backoff)).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+        }
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1.5), so many workloads do not retry in step.
+fn jittered(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = crate::tls::provider().secure_random.fill(&mut byte);
+    delay.mul_f64(0.5 + f64::from(byte[0]) / 256.0)
+}

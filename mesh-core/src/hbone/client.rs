@@ -1,0 +1,233 @@
+//! Opening HBONE tunnels: certificate, pooled mTLS HTTP/2 connection, CONNECT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::pool::{Pool, PoolKey, PooledConnection};
+use super::stream::H2Stream;
+use super::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION, FlowControl, HboneError, headers,
+};
+use crate::cert::{CertManager, WorkloadCert};
+use crate::identity::Identity;
+
+/// Client tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// HTTP/2 windows and frame size.
+    pub flow_control: FlowControl,
+    /// Most tunnels on one connection before another opens.
+    pub max_streams_per_connection: usize,
+    /// How long an unused connection stays open.
+    pub idle_timeout: Duration,
+    /// Limit for TCP connect + TLS + HTTP/2 handshakes.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            flow_control: FlowControl::default(),
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// One tunnel to open.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// Whose certificate to present (the source workload).
+    pub src: Identity,
+    /// The peer's HBONE address, normally `<dst pod ip>:15008`.
+    pub dst: SocketAddr,
+    /// Identities the peer may prove (the destination workload's, or a service's SANs).
+    pub dst_identities: Vec<Identity>,
+    /// Where the tunnel goes: the `:authority`, `<dst pod ip>:<port>`.
+    pub authority: SocketAddr,
+    /// Extra request headers (`forwarded`, `baggage`; a `traceparent` is added if absent).
+    pub headers: HeaderMap,
+}
+
+/// Opens tunnels, sharing connections through its pool.
+#[derive(Debug)]
+pub struct HboneClient {
+    certs: Arc<CertManager>,
+    settings: ClientSettings,
+    pool: Arc<Pool>,
+}
+
+impl HboneClient {
+    /// A client presenting certificates from `certs`.
+    pub fn new(certs: Arc<CertManager>, settings: ClientSettings) -> Self {
+        let pool = Pool::new(settings.max_streams_per_connection, settings.idle_timeout);
+        HboneClient {
+            certs,
+            settings,
+            pool,
+        }
+    }
+
+    /// Opens a tunnel and returns its byte stream once the server answered 200.
+    ///
+    /// A pooled connection that turns out dead is dropped and the tunnel retried once on
+    /// a fresh one; a fresh connection's failure is returned as is.
+    pub async fn connect(&self, request: ConnectRequest) -> Result<H2Stream, HboneError> {
+        let cert = self.certs.fetch(&request.src).await?;
+        let key = PoolKey::new(
+            request.src.clone(),
+            request.dst_identities.clone(),
+            request.dst,
+        );
+        let mut stale_error = None;
+        for _attempt in 0..2 {
+            let (conn, reservation, reused) = self
+                .pool
+                .checkout(&key, &cert.info().serial, || {
+                    self.open_connection(&cert, &request)
+                })
+                .await?;
+            match self.send_connect(&conn, &request).await {
+                Ok((send, recv)) => {
+                    return Ok(H2Stream::new(send, recv, Some(Box::new(reservation))));
+                }
+                Err(SendError::BeforeRequest(err)) if reused => {
+                    conn.closed.store(true, Ordering::Release);
+                    stale_error = Some(err);
+                }
+                Err(SendError::BeforeRequest(err) | SendError::Exchange(err)) => return Err(err),
+            }
+        }
+        // Only reachable if the fresh connection of the second attempt was itself replaced
+        // by another reused, dead one: report what killed it.
+        Err(stale_error.unwrap_or(HboneError::Timeout {
+            addr: request.dst,
+            what: "finding a live connection",
+            after: self.settings.handshake_timeout,
+        }))
+    }
+
+    /// Open connections in the pool, all destinations: for tests and admin.
+    pub fn pooled_connections(&self) -> usize {
+        self.pool.connection_count()
+    }
+
+    async fn open_connection(
+        &self,
+        cert: &WorkloadCert,
+        request: &ConnectRequest,
+    ) -> Result<PooledConnection, HboneError> {
+        let addr = request.dst;
+        let limit = self.settings.handshake_timeout;
+        let timeout = |what| HboneError::Timeout {
+            addr,
+            what,
+            after: limit,
+        };
+        let config = crate::tls::client_config(cert, request.dst_identities.clone())?;
+
+        let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timeout("TCP connect"))?
+            .map_err(|source| HboneError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            limit,
+            TlsConnector::from(Arc::new(config))
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp),
+        )
+        .await
+        .map_err(|_| timeout("TLS handshake"))?
+        .map_err(|source| HboneError::handshake(addr, source))?;
+
+        let flow = self.settings.flow_control;
+        let (send_request, connection) = tokio::time::timeout(
+            limit,
+            h2::client::Builder::new()
+                .initial_window_size(flow.stream_window)
+                .initial_connection_window_size(flow.connection_window)
+                .max_frame_size(flow.max_frame_size)
+                .handshake::<_, Bytes>(tls),
+        )
+        .await
+        .map_err(|_| timeout("HTTP/2 handshake"))?
+        .map_err(|source| HboneError::Http2 { addr, source })?;
+
+        let closed = Arc::new(AtomicBool::new(false));
+        let driver_closed = closed.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%addr, error = %err, "HBONE connection ended");
+            }
+            driver_closed.store(true, Ordering::Release);
+        });
+        tracing::debug!(%addr, src = %request.src, "HBONE connection opened");
+        Ok(PooledConnection::new(
+            send_request,
+            cert.info().serial.clone(),
+            closed,
+        ))
+    }
+
+    async fn send_connect(
+        &self,
+        conn: &PooledConnection,
+        request: &ConnectRequest,
+    ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), SendError> {
+        let addr = request.dst;
+        let http2 = |source| HboneError::Http2 { addr, source };
+        let mut send_request = conn
+            .send_request
+            .clone()
+            .ready()
+            .await
+            .map_err(|err| SendError::BeforeRequest(http2(err)))?;
+
+        let mut builder = Request::builder()
+            .method(Method::CONNECT)
+            .uri(request.authority.to_string())
+            .version(Version::HTTP_2);
+        if let Some(headers) = builder.headers_mut() {
+            headers.extend(request.headers.clone());
+            if !headers.contains_key(headers::TRACEPARENT) {
+                headers.insert(headers::TRACEPARENT, headers::new_traceparent());
+            }
+        }
+        let connect = builder.body(()).map_err(|_| {
+            SendError::Exchange(HboneError::Refused {
+                addr,
+                authority: request.authority,
+                status: StatusCode::BAD_REQUEST,
+            })
+        })?;
+        let (response, send) = send_request
+            .send_request(connect, false)
+            .map_err(|err| SendError::BeforeRequest(http2(err)))?;
+        let response = response
+            .await
+            .map_err(|err| SendError::Exchange(http2(err)))?;
+        if response.status() != StatusCode::OK {
+            return Err(SendError::Exchange(HboneError::Refused {
+                addr,
+                authority: request.authority,
+                status: response.status(),
+            }));
+        }
+        Ok((send, response.into_body()))
+    }
+}
+
+/// Whether a CONNECT failed before the server could have seen it (safe to retry).
+enum SendError {
+    BeforeRequest(HboneError),
+    Exchange(HboneError),
+}

@@ -1,0 +1,352 @@
+//! Accepting HBONE tunnels: TLS with a required client certificate, HTTP/2, CONNECT.
+//!
+//! The server owns the protocol; a [`TunnelHandler`] owns the decision. Each CONNECT
+//! becomes an [`InboundTunnel`] carrying the peer's verified identity, the target address
+//! and the headers; the handler accepts it (200 and a byte stream) or rejects it with a
+//! status. Requests the server can judge alone are answered before the handler runs:
+//! anything but CONNECT, or an `:authority` that is not `ip:port`, gets 400.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::stream::H2Stream;
+use super::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION, FlowControl};
+use crate::cert::parse_leaf;
+use crate::identity::Identity;
+
+/// Server tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// HTTP/2 windows and frame size.
+    pub flow_control: FlowControl,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
+    pub max_streams_per_connection: u32,
+    /// Limit for the TLS and HTTP/2 handshakes of a new connection.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            flow_control: FlowControl::default(),
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION as u32,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Counters of what the server has seen, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// TLS + HTTP/2 connections established.
+    pub connections: AtomicU64,
+    /// Connections refused during TLS or HTTP/2 setup (bad cert, garbage, timeouts).
+    pub handshake_failures: AtomicU64,
+    /// CONNECT requests handed to the handler.
+    pub tunnels: AtomicU64,
+    /// Requests answered 400 by the server itself.
+    pub malformed: AtomicU64,
+}
+
+impl ServerStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who is on the other end of an inbound connection, as TLS proved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The client's SPIFFE identity.
+    pub identity: Identity,
+    /// Serial of the client's certificate.
+    pub cert_serial: String,
+    /// The TCP peer (the source node's ztunnel, or a waypoint).
+    pub addr: SocketAddr,
+}
+
+/// Decides what happens to each inbound tunnel.
+pub trait TunnelHandler: Send + Sync + 'static {
+    /// Accepts or rejects `tunnel`, then (if accepted) serves it to the end.
+    fn serve(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send;
+}
+
+impl<F, Fut> TunnelHandler for F
+where
+    F: Fn(InboundTunnel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    fn serve(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send {
+        self(tunnel)
+    }
+}
+
+/// A CONNECT request waiting for the handler's answer. Dropped unanswered, it is refused
+/// with 503 (no upstream).
+#[derive(Debug)]
+pub struct InboundTunnel {
+    peer: PeerInfo,
+    target: SocketAddr,
+    headers: HeaderMap,
+    request: Option<(h2::RecvStream, SendResponse<Bytes>)>,
+}
+
+impl InboundTunnel {
+    /// The verified client.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Where the client wants to go (`:authority`).
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// The request headers (`forwarded`, `baggage`, `traceparent`, ...).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Answers 200 and returns the tunnel's byte stream.
+    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
+        let (recv, mut respond) = self
+            .request
+            .take()
+            .expect("an InboundTunnel is answered once");
+        let send = respond.send_response(status_response(StatusCode::OK), false)?;
+        Ok(H2Stream::new(send, recv, None))
+    }
+
+    /// Answers `status` (401/403 denied, 503 no upstream) and ends the stream.
+    pub fn reject(mut self, status: StatusCode) {
+        self.answer(status);
+    }
+
+    fn answer(&mut self, status: StatusCode) {
+        if let Some((_, mut respond)) = self.request.take() {
+            let _ = respond.send_response(status_response(status), true);
+        }
+    }
+}
+
+impl Drop for InboundTunnel {
+    fn drop(&mut self) {
+        self.answer(StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
+
+fn status_response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}
+
+/// Serves HBONE on a listener.
+pub struct HboneServer<H> {
+    listener: TcpListener,
+    shared: Arc<Shared<H>>,
+}
+
+/// What every connection task needs.
+struct Shared<H> {
+    acceptor: TlsAcceptor,
+    handler: H,
+    settings: ServerSettings,
+    stats: Arc<ServerStats>,
+}
+
+impl<H: TunnelHandler> HboneServer<H> {
+    /// A server on `listener` with `tls` (see [`crate::tls::server_config`]).
+    pub fn new(
+        listener: TcpListener,
+        tls: ServerConfig,
+        handler: H,
+        settings: ServerSettings,
+    ) -> Self {
+        let shared = Shared {
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            handler,
+            settings,
+            stats: Arc::default(),
+        };
+        HboneServer {
+            listener,
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Counters, shared with the running server.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.shared.stats.clone()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn run(self) {
+        self.run_until(std::future::pending(), Duration::ZERO).await;
+    }
+
+    /// Accepts connections until `shutdown` completes, then drains: the listener closes,
+    /// every connection gets GOAWAY (clients open no new tunnels on it), live tunnels have
+    /// `drain` to finish, and whatever is left is then closed.
+    ///
+    /// Each connection is served on its own task, so one bad client never holds up another.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let HboneServer { listener, shared } = self;
+        let (stop, stopped) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let (shared, stopped) = (shared.clone(), stopped.clone());
+                        connections.spawn(async move { shared.serve_connection(tcp, peer, stopped).await });
+                    }
+                    Err(err) => {
+                        // Out of fds and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "HBONE accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(
+                left = connections.len(),
+                "HBONE drain time over; closing remaining connections"
+            );
+        }
+        connections.abort_all();
+    }
+}
+
+impl<H: TunnelHandler> Shared<H> {
+    async fn serve_connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let limit = self.settings.handshake_timeout;
+        let tls = match tokio::time::timeout(limit, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => return self.refuse(addr, &format!("TLS: {err}")),
+            Err(_) => return self.refuse(addr, "TLS handshake timed out"),
+        };
+        let Some(peer) = peer_info(&tls, addr) else {
+            return self.refuse(addr, "client certificate carries no SPIFFE identity");
+        };
+        let flow = self.settings.flow_control;
+        let handshake = h2::server::Builder::new()
+            .initial_window_size(flow.stream_window)
+            .initial_connection_window_size(flow.connection_window)
+            .max_frame_size(flow.max_frame_size)
+            .max_concurrent_streams(self.settings.max_streams_per_connection)
+            .handshake::<_, Bytes>(tls);
+        let mut connection = match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => return self.refuse(addr, &format!("HTTP/2: {err}")),
+            Err(_) => return self.refuse(addr, "HTTP/2 handshake timed out"),
+        };
+        ServerStats::bump(&self.stats.connections);
+        tracing::debug!(%addr, peer = %peer.identity, "HBONE connection accepted");
+        let mut draining = false;
+        loop {
+            let next = tokio::select! {
+                next = connection.accept() => next,
+                _ = stopped.changed(), if !draining => {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok((request, respond))) => {
+                    let (shared, peer) = (self.clone(), peer.clone());
+                    tokio::spawn(async move { shared.serve_request(request, respond, peer).await });
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(%addr, error = %err, "HBONE connection ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    async fn serve_request(
+        &self,
+        request: Request<h2::RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        peer: PeerInfo,
+    ) {
+        let target = if request.method() == Method::CONNECT {
+            request
+                .uri()
+                .authority()
+                .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        } else {
+            None
+        };
+        let Some(target) = target else {
+            ServerStats::bump(&self.stats.malformed);
+            tracing::debug!(peer = %peer.identity, method = %request.method(), uri = %request.uri(), "not a CONNECT to ip:port");
+            let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
+            return;
+        };
+        ServerStats::bump(&self.stats.tunnels);
+        let (parts, recv) = request.into_parts();
+        let tunnel = InboundTunnel {
+            peer,
+            target,
+            headers: parts.headers,
+            request: Some((recv, respond)),
+        };
+        self.handler.serve(tunnel).await;
+    }
+
+    fn refuse(&self, addr: SocketAddr, reason: &str) {
+        ServerStats::bump(&self.stats.handshake_failures);
+        tracing::debug!(%addr, reason, "HBONE connection refused");
+    }
+}
+
+fn peer_info(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+    addr: SocketAddr,
+) -> Option<PeerInfo> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    let info = parse_leaf(leaf).ok()?;
+    let identity = info.identities.into_iter().next()?;
+    Some(PeerInfo {
+        identity,
+        cert_serial: info.serial,
+        addr,
+    })
+}

@@ -1,0 +1,255 @@
+//! HBONE end to end in one process: real TLS, real HTTP/2, real sockets on loopback.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_core::cert::LocalCa;
+use mesh_core::hbone::{ClientSettings, HboneClient, HboneError, headers};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn ca() -> Arc<LocalCa> {
+    Arc::new(LocalCa::generate(TRUST_DOMAIN).unwrap())
+}
+
+#[tokio::test]
+async fn a_16_mib_payload_round_trips_intact() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let client = client(certs);
+    let mut tunnel = client
+        .connect(request(&id("shop", "web"), &server, app))
+        .await
+        .unwrap();
+
+    let payload: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let echoed = echo_through(&mut tunnel, &payload).await;
+    assert!(echoed == payload, "16 MiB came back altered");
+
+    // Half-close travels as END_STREAM and comes back as EOF.
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tunnel.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_echo_in_order() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let client = client(certs);
+    let mut tunnel = client
+        .connect(request(&id("shop", "web"), &server, app))
+        .await
+        .unwrap();
+    for n in 0..10_000u32 {
+        let message = format!("message {n:05}");
+        tunnel.write_all(message.as_bytes()).await.unwrap();
+        let mut reply = vec![0u8; message.len()];
+        tunnel.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, message.as_bytes(), "message {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_tunnels_share_ten_connections() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let client = Arc::new(client(certs));
+    let src = id("shop", "web");
+
+    // Open all tunnels first and keep them open, so they are truly concurrent.
+    let mut opening = Vec::new();
+    for _ in 0..1000 {
+        let (client, request) = (client.clone(), request(&src, &server, app));
+        opening.push(tokio::spawn(async move { client.connect(request).await }));
+    }
+    let mut tunnels = Vec::new();
+    for task in opening {
+        tunnels.push(task.await.unwrap().unwrap());
+    }
+    let mut exchanges = Vec::new();
+    for (n, mut tunnel) in tunnels.into_iter().enumerate() {
+        exchanges.push(tokio::spawn(async move {
+            let payload = format!("tunnel {n} ").repeat(100).into_bytes();
+            assert_eq!(
+                echo_through(&mut tunnel, &payload).await,
+                payload,
+                "tunnel {n}"
+            );
+            tunnel
+        }));
+    }
+    let mut still_open = Vec::new();
+    for exchange in exchanges {
+        still_open.push(exchange.await.unwrap());
+    }
+    assert_eq!(client.pooled_connections(), 10);
+    assert_eq!(server.stats.connections.load(Ordering::Relaxed), 10);
+    assert_eq!(server.stats.tunnels.load(Ordering::Relaxed), 1000);
+    drop(still_open);
+}
+
+#[tokio::test]
+async fn the_server_sees_the_client_identity_and_istio_headers() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let client = client(certs.clone());
+    let src = id("shop", "web");
+    let mut request = request(&src, &server, app);
+    request.headers.insert(
+        headers::FORWARDED,
+        headers::forwarded_for("10.244.1.2".parse().unwrap()),
+    );
+    let mut tunnel = client.connect(request).await.unwrap();
+    assert_eq!(echo_through(&mut tunnel, b"hi").await, b"hi");
+
+    let peers = server.seen.peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].identity, src);
+    assert_eq!(
+        peers[0].cert_serial,
+        certs.current(&src).unwrap().info().serial
+    );
+    let seen = server.seen.headers.lock().unwrap()[0].clone();
+    assert_eq!(
+        headers::parse_forwarded_for(&seen[headers::FORWARDED]),
+        Some("10.244.1.2".parse().unwrap())
+    );
+    assert!(
+        seen.contains_key(headers::TRACEPARENT),
+        "a traceparent is always sent"
+    );
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_outside_the_expected_identities() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "impostor"), ca.roots()).await;
+    let app = echo_app().await;
+    let client = client(certs);
+    let mut request = request(&id("shop", "web"), &server, app);
+    request.dst_identities = vec![id("shop", "server"), id("shop", "server-canary")];
+    let err = client.connect(request).await.unwrap_err();
+    assert!(matches!(err, HboneError::Handshake { .. }), "{err:?}");
+    let text = format!("{err}");
+    assert!(
+        text.contains("spiffe://cluster.local/ns/shop/sa/impostor is not among the expected")
+            && text.contains("spiffe://cluster.local/ns/shop/sa/server-canary"),
+        "{text}"
+    );
+    assert_eq!(server.stats.tunnels.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn denial_no_upstream_and_malformed_requests_get_their_statuses() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let client = client(certs);
+    let src = id("shop", "web");
+
+    let denied = format!("127.0.0.1:{DENIED_PORT}").parse().unwrap();
+    match client
+        .connect(request(&src, &server, denied))
+        .await
+        .unwrap_err()
+    {
+        HboneError::Refused { status, .. } => assert_eq!(status, StatusCode::FORBIDDEN),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    match client
+        .connect(request(&src, &server, closed_port().await))
+        .await
+        .unwrap_err()
+    {
+        HboneError::Refused { status, .. } => assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // The connection survives refused tunnels and carries the next good one.
+    let app = echo_app().await;
+    let mut tunnel = client.connect(request(&src, &server, app)).await.unwrap();
+    assert_eq!(
+        echo_through(&mut tunnel, b"still fine").await,
+        b"still fine"
+    );
+    assert_eq!(server.stats.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let settings = ClientSettings {
+        idle_timeout: Duration::from_millis(200),
+        ..ClientSettings::default()
+    };
+    let client = HboneClient::new(certs, settings);
+    let mut tunnel = client
+        .connect(request(&id("shop", "web"), &server, app))
+        .await
+        .unwrap();
+    assert_eq!(echo_through(&mut tunnel, b"x").await, b"x");
+    assert_eq!(client.pooled_connections(), 1);
+
+    // An active tunnel keeps its connection however long it lasts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.pooled_connections(), 1);
+    drop(tunnel);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.pooled_connections() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_pooled_connection_is_replaced() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let identity = id("shop", "server");
+    let first = hbone_server(certs.clone(), identity.clone(), ca.roots()).await;
+    let app = echo_app().await;
+    let client = client(certs.clone());
+    let src = id("shop", "web");
+    let mut tunnel = client.connect(request(&src, &first, app)).await.unwrap();
+    assert_eq!(echo_through(&mut tunnel, b"one").await, b"one");
+    drop(tunnel);
+
+    // The server goes away (its connections with it) and comes back on the same port.
+    let addr = first.addr;
+    first.stop().await;
+    let resolver = Arc::new(mesh_core::tls::ManagedCertResolver::new(
+        certs.clone(),
+        identity.clone(),
+    ));
+    let config = mesh_core::tls::server_config(resolver, ca.roots(), TRUST_DOMAIN).unwrap();
+    let second = serve_with(config, identity, certs, addr).await;
+
+    let mut tunnel = client.connect(request(&src, &second, app)).await.unwrap();
+    assert_eq!(echo_through(&mut tunnel, b"two").await, b"two");
+    assert_eq!(second.stats.connections.load(Ordering::Relaxed), 1);
+}

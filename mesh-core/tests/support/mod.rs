@@ -1,0 +1,179 @@
+//! Shared pieces of the in-process HBONE tests: a real CA, a real HBONE server on
+//! loopback whose handler dials the target like ztunnel's inbound does, and a TCP echo
+//! app behind it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_core::Identity;
+use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
+use mesh_core::hbone::{
+    ClientSettings, ConnectRequest, HboneClient, HboneServer, InboundTunnel, PeerInfo,
+    ServerSettings, ServerStats,
+};
+use mesh_core::tls::{self, ManagedCertResolver};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+pub fn id(namespace: &str, account: &str) -> Identity {
+    Identity::new(TRUST_DOMAIN, namespace, account).unwrap()
+}
+
+pub fn certs(ca: Arc<LocalCa>) -> Arc<CertManager> {
+    Arc::new(CertManager::new(ca, RenewalPolicy::default()))
+}
+
+/// A TCP echo app on loopback: the "application" behind the HBONE server.
+pub async fn echo_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// What the test server saw.
+#[derive(Default)]
+pub struct Seen {
+    pub peers: Mutex<Vec<PeerInfo>>,
+    pub headers: Mutex<Vec<http::HeaderMap>>,
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub identity: Identity,
+    pub stats: Arc<ServerStats>,
+    pub seen: Arc<Seen>,
+    pub certs: Arc<CertManager>,
+    pub task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    /// Shuts the server down with no drain time, closing every connection; returns once
+    /// its port is free.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Port the handler always denies with 403, to test policy answers.
+pub const DENIED_PORT: u16 = 1;
+
+/// An HBONE server on loopback for `identity`, certificates from `certs`; it records each
+/// peer, denies port [`DENIED_PORT`], and otherwise dials the target (503 if it cannot).
+pub async fn hbone_server(
+    certs: Arc<CertManager>,
+    identity: Identity,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> TestServer {
+    certs.fetch(&identity).await.unwrap();
+    let resolver = Arc::new(ManagedCertResolver::new(certs.clone(), identity.clone()));
+    let config = tls::server_config(resolver, roots, TRUST_DOMAIN).unwrap();
+    serve_with(config, identity, certs, "127.0.0.1:0".parse().unwrap()).await
+}
+
+pub async fn serve_with(
+    config: rustls::ServerConfig,
+    identity: Identity,
+    certs: Arc<CertManager>,
+    bind: SocketAddr,
+) -> TestServer {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let seen = Arc::new(Seen::default());
+    let recorder = seen.clone();
+    let handler = move |tunnel: InboundTunnel| {
+        let seen = recorder.clone();
+        async move {
+            seen.peers.lock().unwrap().push(tunnel.peer().clone());
+            seen.headers.lock().unwrap().push(tunnel.headers().clone());
+            if tunnel.target().port() == DENIED_PORT {
+                return tunnel.reject(StatusCode::FORBIDDEN);
+            }
+            let Ok(mut upstream) = TcpStream::connect(tunnel.target()).await else {
+                return tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
+            };
+            let Ok(mut downstream) = tunnel.accept() else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        }
+    };
+    let server = HboneServer::new(listener, config, handler, ServerSettings::default());
+    let addr = server.local_addr().unwrap();
+    let stats = server.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::ZERO,
+    ));
+    TestServer {
+        addr,
+        identity,
+        stats,
+        seen,
+        certs,
+        task,
+        stop: Some(stop),
+    }
+}
+
+pub fn client(certs: Arc<CertManager>) -> HboneClient {
+    HboneClient::new(certs, ClientSettings::default())
+}
+
+pub fn request(src: &Identity, server: &TestServer, target: SocketAddr) -> ConnectRequest {
+    ConnectRequest {
+        src: src.clone(),
+        dst: server.addr,
+        dst_identities: vec![server.identity.clone()],
+        authority: target,
+        headers: http::HeaderMap::new(),
+    }
+}
+
+/// Writes `payload` and reads the same number of bytes back.
+pub async fn echo_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (mut read, mut write) = tokio::io::split(stream);
+    let send = async {
+        write.write_all(payload).await.unwrap();
+        write.flush().await.unwrap();
+    };
+    let mut received = vec![0u8; payload.len()];
+    let receive = read.read_exact(&mut received);
+    let (_, got) = tokio::join!(send, receive);
+    got.unwrap();
+    received
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
