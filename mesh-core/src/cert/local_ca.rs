@@ -58,7 +58,10 @@ impl LocalCa {
     /// Generates a new self-signed root, in memory.
     pub fn generate(trust_domain: &str) -> Result<Self, CertError> {
         let key = generate_key("the CA key")?;
-        let params = ca_params(trust_domain, "mesh root CA")?;
+        // A unique name per root: two roots of one trust domain (a foreign CA) are then told
+        // apart by name, and peers report "unknown issuer" rather than "bad signature".
+        let name = format!("mesh root CA {}", &hex(random_serial().to_bytes())[..12]);
+        let params = ca_params(trust_domain, &name)?;
         let cert = params
             .self_signed(&key)
             .map_err(|source| CertError::Generate {
@@ -315,6 +318,10 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     SerialNumber::from_slice(&bytes)
+}
+
+fn hex(bytes: Vec<u8>) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_text(path: &Path) -> Result<String, CertError> {
