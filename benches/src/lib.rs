@@ -1,7 +1,13 @@
-//! Benchmarks of the mesh, built on the simulated-cluster harness of `mesh-tests`.
+//! Benchmarks of the mesh. Figures are always reported beside a baseline measured in the
+//! same run (plain TCP), as a ratio, because these machines are shared and noisy.
 //!
-//! The measurements (HBONE micro-benchmarks, then throughput, latency, CPU and memory per
-//! path) arrive with issues 3 and 6. The package exists now so that it shares the harness
-//! and the build with the tests from the start.
+//! * [`loopback`]: the HBONE library alone on 127.0.0.1, against plain TCP and plain TLS
+//!   (`cargo bench -p mesh-benches --bench hbone`).
+//! * [`report`]: the per-run table of medians and ratios.
+//!
+//! Whole-mesh benchmarks on the simulated cluster (issue 6) will reuse `mesh_tests`.
+
+pub mod loopback;
+pub mod report;
 
 pub use mesh_tests::Cluster;
