@@ -1,4 +1,7 @@
 //! istio-cni: the CNI plugin and node agent that redirect ambient pods' traffic to ztunnel.
 //!
-//! The rule renderer, plugin and agent arrive with issue 4; the crate exists now so that
-//! the workspace has its final shape.
+//! In the order a pod meets them: the plugin or the agent notices the pod, [`rules`]
+//! renders and installs the in-pod redirection inside its network namespace, then the
+//! agent hands that namespace to ztunnel (ZDS, to come).
+
+pub mod rules;

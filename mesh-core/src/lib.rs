@@ -13,6 +13,7 @@
 pub mod cert;
 pub mod hbone;
 pub mod identity;
+pub mod netns;
 pub mod tls;
 
 pub use identity::Identity;

@@ -62,17 +62,8 @@ impl NetNs {
     /// panic in `f` propagates to the caller.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let file = self.open()?;
-        let name = &self.name;
-        std::thread::scope(|scope| {
-            let worker = scope.spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                    HarnessError::io(format!("entering network namespace {name}"), errno.into())
-                })?;
-                Ok(f())
-            });
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        mesh_core::netns::run_in(&file, f).map_err(|err| {
+            HarnessError::io(format!("entering network namespace {}", self.name), err)
         })
     }
 
