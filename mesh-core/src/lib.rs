@@ -8,11 +8,15 @@
 //!                 renew)     configs)                                     handler that decides)
 //! ```
 //!
-//! The data-plane model and discovery sources arrive with the L4 data path (issue 4).
+//! Beside that path: `config` reads Kubernetes YAML (the file source; the API source
+//! later) into one store, `model` turns the store into workloads and services, and
+//! `netns` runs work inside pods' network namespaces.
 
 pub mod cert;
+pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod model;
 pub mod netns;
 pub mod tls;
 

@@ -1,0 +1,224 @@
+//! The file config source: a directory of Kubernetes YAML, watched for changes.
+//!
+//! This is the embedded default and what tests use: the same YAML a user would apply,
+//! with Pods carrying `spec.nodeName` and `status.podIP`. Every `*.yaml`/`*.yml` file
+//! directly in the directory is read. A file that fails to parse is reported (file,
+//! document, field) and the objects it last held are kept, so one bad edit never takes
+//! the other tenants' configuration away.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::Watcher;
+use tokio::sync::watch;
+
+use super::{ConfigError, ConfigObject, ConfigStore, parse_documents};
+
+/// What one load of the directory produced.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every object from every file (a failing file contributes its last good objects).
+    pub store: ConfigStore,
+    /// Files that failed this time, with the reason.
+    pub errors: Vec<ConfigError>,
+}
+
+/// What is remembered of one file between loads.
+#[derive(Debug, Clone)]
+struct FileState {
+    /// Modification time and length when last read.
+    fingerprint: (SystemTime, u64),
+    /// Objects of its last successful parse.
+    objects: Vec<ConfigObject>,
+    /// Its error, if the last read failed.
+    error: Option<ConfigError>,
+}
+
+/// Reads a config directory, re-reading only files that changed.
+#[derive(Debug)]
+pub struct FileSource {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl FileSource {
+    /// A source for `dir` (read on the first [`FileSource::load`]).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileSource {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads what changed since the last load and returns the whole configuration.
+    ///
+    /// A missing or unreadable directory is an error in the snapshot, with the last good
+    /// objects kept.
+    pub fn load(&mut self) -> Snapshot {
+        let mut errors = Vec::new();
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                let mut present = Vec::new();
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+                    if is_yaml && path.is_file() {
+                        self.refresh(&path);
+                        present.push(path);
+                    }
+                }
+                self.files.retain(|path, _| present.contains(path));
+            }
+            Err(err) => errors.push(ConfigError {
+                file: self.dir.clone(),
+                document: 0,
+                reason: format!("cannot read the config directory: {err}"),
+            }),
+        }
+        let mut store = ConfigStore::default();
+        for state in self.files.values() {
+            errors.extend(state.error.clone());
+            for object in &state.objects {
+                store.insert(object.clone());
+            }
+        }
+        Snapshot { store, errors }
+    }
+
+    fn refresh(&mut self, path: &Path) {
+        let fingerprint = std::fs::metadata(path)
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+            .unwrap_or((SystemTime::UNIX_EPOCH, 0));
+        if self
+            .files
+            .get(path)
+            .is_some_and(|state| state.fingerprint == fingerprint)
+        {
+            return;
+        }
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError {
+                file: path.to_path_buf(),
+                document: 0,
+                reason: err.to_string(),
+            })
+            .and_then(|text| parse_documents(path, &text));
+        let previous = self
+            .files
+            .remove(path)
+            .map(|state| state.objects)
+            .unwrap_or_default();
+        let state = match parsed {
+            Ok(parsed) => FileState {
+                fingerprint,
+                objects: parsed.objects,
+                error: None,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "config file rejected; keeping its last good objects");
+                FileState {
+                    fingerprint,
+                    objects: previous,
+                    error: Some(error),
+                }
+            }
+        };
+        self.files.insert(path.to_path_buf(), state);
+    }
+
+    /// Loads now, then watches the directory and publishes a new snapshot after every
+    /// change (coalesced over `settle`). Must run inside a Tokio runtime; the watch stops
+    /// when every receiver is dropped.
+    pub fn watch(
+        mut self,
+        settle: Duration,
+    ) -> Result<watch::Receiver<Arc<Snapshot>>, notify::Error> {
+        let (publish, snapshots) = watch::channel(Arc::new(self.load()));
+        let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = changed.send(());
+                }
+            })?;
+        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        tokio::spawn(async move {
+            let _watcher = watcher;
+            while changes.recv().await.is_some() {
+                tokio::time::sleep(settle).await;
+                while changes.try_recv().is_ok() {}
+                let snapshot = self.load();
+                for error in &snapshot.errors {
+                    tracing::warn!(%error, "config error");
+                }
+                if publish.send(Arc::new(snapshot)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(snapshots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n";
+    const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-all\n  namespace: shop\nspec: {}\n";
+
+    #[test]
+    fn a_bad_edit_is_reported_and_the_last_good_objects_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ns.yaml"), NAMESPACE).unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not config").unwrap();
+        let mut source = FileSource::new(dir.path());
+        let first = source.load();
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert_eq!(first.store.len(), 2);
+
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            POLICY.replace("spec: {}", "spec:\n  acton: DENY"),
+        )
+        .unwrap();
+        let second = source.load();
+        assert_eq!(second.errors.len(), 1);
+        assert!(
+            second.errors[0].to_string().contains("policy.yaml")
+                && second.errors[0].reason.contains("acton")
+        );
+        assert_eq!(second.store, first.store, "the last good policy is kept");
+
+        std::fs::remove_file(dir.path().join("policy.yaml")).unwrap();
+        let third = source.load();
+        assert!(third.errors.is_empty());
+        assert_eq!(third.store.len(), 1, "a deleted file's objects go");
+    }
+
+    #[tokio::test]
+    async fn watching_publishes_changes_within_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ns.yaml"), NAMESPACE).unwrap();
+        let mut snapshots = FileSource::new(dir.path())
+            .watch(Duration::from_millis(50))
+            .unwrap();
+        assert_eq!(snapshots.borrow_and_update().store.len(), 1);
+        std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while snapshots.borrow_and_update().store.len() != 2 {
+                snapshots.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the new policy file was not picked up within a second");
+    }
+}
