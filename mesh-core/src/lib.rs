@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Beside that path: `config` reads Kubernetes YAML (the file source; the API source
-//! later) into one store, `model` turns the store into workloads and services, and
+//! later) into one store, `model` turns the store into workloads and services, `policy` decides L4
+//! authorization and mTLS mode on them, and
 //! `netns` runs work inside pods' network namespaces.
 
 pub mod cert;
@@ -18,6 +19,7 @@ pub mod hbone;
 pub mod identity;
 pub mod model;
 pub mod netns;
+pub mod policy;
 pub mod tls;
 
 pub use identity::Identity;
