@@ -11,7 +11,8 @@
 //! Beside that path: `config` reads Kubernetes YAML (the file source; the API source
 //! later) into one store, `model` turns the store into workloads and services, `policy` decides L4
 //! authorization and mTLS mode on them, and
-//! `netns` runs work inside pods' network namespaces.
+//! `netns` runs work inside pods' network namespaces, and `zds` is the protocol that hands
+//! those namespaces from istio-cni to ztunnel.
 
 pub mod cert;
 pub mod config;
@@ -21,5 +22,6 @@ pub mod model;
 pub mod netns;
 pub mod policy;
 pub mod tls;
+pub mod zds;
 
 pub use identity::Identity;
