@@ -21,6 +21,7 @@ pub mod identity;
 pub mod model;
 pub mod netns;
 pub mod policy;
+pub mod socket;
 pub mod tls;
 pub mod zds;
 

@@ -1,6 +1,8 @@
 //! Opening HBONE tunnels: certificate, pooled mTLS HTTP/2 connection, CONNECT.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -58,22 +60,60 @@ pub struct ConnectRequest {
     pub headers: HeaderMap,
 }
 
+/// Future returned by [`Dialer::dial`].
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>>;
+
+/// Opens the TCP connection under an HBONE connection: from this process's namespace, or
+/// from a pod's (in-pod mode), with the mark that lets it pass the pod's rules.
+pub trait Dialer: Send + Sync + 'static {
+    /// Connects to `dst`.
+    fn dial(&self, dst: SocketAddr) -> DialFuture<'_>;
+}
+
+/// Connects from the current network namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectDialer;
+
+impl Dialer for DirectDialer {
+    fn dial(&self, dst: SocketAddr) -> DialFuture<'_> {
+        Box::pin(TcpStream::connect(dst))
+    }
+}
+
 /// Opens tunnels, sharing connections through its pool.
-#[derive(Debug)]
 pub struct HboneClient {
     certs: Arc<CertManager>,
     settings: ClientSettings,
     pool: Arc<Pool>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for HboneClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HboneClient")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HboneClient {
-    /// A client presenting certificates from `certs`.
+    /// A client presenting certificates from `certs`, connecting from this namespace.
     pub fn new(certs: Arc<CertManager>, settings: ClientSettings) -> Self {
+        Self::with_dialer(certs, settings, Arc::new(DirectDialer))
+    }
+
+    /// A client whose connections are opened by `dialer` (in-pod mode).
+    pub fn with_dialer(
+        certs: Arc<CertManager>,
+        settings: ClientSettings,
+        dialer: Arc<dyn Dialer>,
+    ) -> Self {
         let pool = Pool::new(settings.max_streams_per_connection, settings.idle_timeout);
         HboneClient {
             certs,
             settings,
             pool,
+            dialer,
         }
     }
 
@@ -135,7 +175,7 @@ impl HboneClient {
         };
         let config = crate::tls::client_config(cert, request.dst_identities.clone())?;
 
-        let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(limit, self.dialer.dial(addr))
             .await
             .map_err(|_| timeout("TCP connect"))?
             .map_err(|source| HboneError::Connect { addr, source })?;

@@ -19,7 +19,7 @@ pub mod stream;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use client::{ClientSettings, ConnectRequest, HboneClient};
+pub use client::{ClientSettings, ConnectRequest, DialFuture, Dialer, DirectDialer, HboneClient};
 pub use server::{
     HboneServer, InboundTunnel, PeerInfo, ServerSettings, ServerStats, TunnelHandler,
 };

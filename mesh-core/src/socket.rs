@@ -1,0 +1,67 @@
+//! Sockets that live in a pod's network namespace.
+//!
+//! A socket belongs to the namespace it was created in, whatever thread uses it later.
+//! ztunnel creates its in-pod listeners and its upstream sockets on a thread inside the
+//! pod's namespace (`crate::netns::run_in`) and then drives them from its runtime.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Binds a TCP listener on `addr` inside `netns`. With `transparent`, it accepts
+/// connections TPROXYed to it (IP_TRANSPARENT), whose local address is then the original
+/// destination. Must be called within a Tokio runtime.
+pub fn listen_in(
+    netns: &(impl AsFd + Sync),
+    addr: SocketAddr,
+    transparent: bool,
+) -> io::Result<TcpListener> {
+    let socket = crate::netns::run_in(netns, || -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if transparent {
+            socket.set_ip_transparent_v4(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    })??;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects to `dst` from inside `netns`, with `SO_MARK = mark` so the pod's redirection
+/// rules let the connection pass. With `src`, the socket binds to that address first
+/// (IP_TRANSPARENT, so it may be another host's address: the original client's).
+pub async fn connect_in(
+    netns: &(impl AsFd + Sync),
+    mark: u32,
+    src: Option<SocketAddr>,
+    dst: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = crate::netns::run_in(netns, || -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_mark(mark)?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(src) = src {
+            socket.set_ip_transparent_v4(true)?;
+            socket.bind(&src.into())?;
+        }
+        Ok(socket)
+    })??;
+    let stream: std::net::TcpStream = socket.into();
+    TcpSocket::from_std_stream(stream).connect(dst).await
+}
+
+/// The destination a REDIRECTed connection was originally sent to (`SO_ORIGINAL_DST`).
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let fd = stream.as_fd();
+    let raw = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::OriginalDst)
+        .map_err(io::Error::from)?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr));
+    Ok(SocketAddr::from((ip, u16::from_be(raw.sin_port))))
+}
