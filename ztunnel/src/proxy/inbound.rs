@@ -1,0 +1,118 @@
+//! Inbound: HBONE tunnels on 15008 and plaintext on 15006, authorized, to the app.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use mesh_core::config::istio::MtlsMode;
+use mesh_core::hbone::{InboundTunnel, headers};
+use mesh_core::policy::{self, Connection};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{PodContext, ProxyStats};
+
+/// One HBONE tunnel: check it targets this pod, authorize, dial the app, answer, copy.
+pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
+    let target = tunnel.target();
+    if !pod.workload.ips.contains(&target.ip()) {
+        tracing::warn!(%target, pod = %pod.workload.name, "tunnel for another workload");
+        return tunnel.reject(StatusCode::BAD_REQUEST);
+    }
+    let peer = tunnel.peer().clone();
+    let src_ip = tunnel
+        .headers()
+        .get(headers::FORWARDED)
+        .and_then(headers::parse_forwarded_for)
+        .unwrap_or(peer.addr.ip());
+    let conn = Connection {
+        src_identity: Some(peer.identity.clone()),
+        src_ip,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let plane = pod.state.plane();
+    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
+    if !decision.is_allowed() {
+        ProxyStats::bump(&pod.stats.inbound_denied);
+        tracing::info!(direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity, ?decision, "connection denied");
+        return tunnel.reject(StatusCode::UNAUTHORIZED);
+    }
+    let mut upstream = match dial_app(&pod, target).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            tracing::info!(direction = "inbound", dst = %target, error = %err, "application unreachable");
+            return tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let Ok(mut downstream) = tunnel.accept() else {
+        return;
+    };
+    ProxyStats::bump(&pod.stats.inbound_hbone);
+    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+        .await
+        .unwrap_or_default();
+    tracing::info!(
+        direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity,
+        dst_identity = %pod.workload.identity, connection_security_policy = "mutual_tls",
+        bytes_received = copied.0, bytes_sent = copied.1, "connection complete"
+    );
+}
+
+/// Accepts TPROXYed plaintext connections until the proxy stops.
+pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_plaintext(pod.clone(), stream, peer));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "inbound plaintext accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One plaintext connection: allowed only where PeerAuthentication permits, then
+/// authorized without an identity.
+async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAddr) {
+    let Ok(target) = downstream.local_addr() else {
+        return;
+    };
+    let plane = pod.state.plane();
+    let mode =
+        policy::peer_authentication(&plane.peer_authentications, &pod.workload, target.port());
+    if mode == MtlsMode::Strict {
+        ProxyStats::bump(&pod.stats.inbound_denied);
+        tracing::info!(direction = "inbound", src = %peer, dst = %target, "plaintext refused: PeerAuthentication STRICT");
+        return;
+    }
+    let conn = Connection {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
+    if !decision.is_allowed() {
+        ProxyStats::bump(&pod.stats.inbound_denied);
+        tracing::info!(direction = "inbound", src = %peer, dst = %target, ?decision, "connection denied");
+        return;
+    }
+    let Ok(mut upstream) = dial_app(&pod, target).await else {
+        return;
+    };
+    ProxyStats::bump(&pod.stats.inbound_plaintext);
+    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+        .await
+        .unwrap_or_default();
+    tracing::info!(
+        direction = "inbound", src = %peer, dst = %target, connection_security_policy = "none",
+        bytes_received = copied.0, bytes_sent = copied.1, "connection complete"
+    );
+}
+
+/// Connects to the application inside the pod, marked so the rules let it through.
+async fn dial_app(pod: &PodContext, target: SocketAddr) -> std::io::Result<TcpStream> {
+    mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, None, target).await
+}

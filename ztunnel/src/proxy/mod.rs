@@ -1,0 +1,205 @@
+//! The in-pod proxy: for each captured pod, three listeners inside its network
+//! namespace, served by ztunnel's runtime.
+//!
+//! ```text
+//!  app ─connect()─► (REDIRECT) :15001 ─ outbound.rs ─ route.rs ─┬─ HBONE to <dst pod>:15008
+//!                                                               └─ plain TCP (not in mesh)
+//!  peer ztunnel ──► (TPROXY) :15008 ─ inbound.rs: mTLS, authorize ─► app
+//!  plaintext peer ► (TPROXY) :15006 ─ inbound.rs: PeerAuthentication, authorize ─► app
+//! ```
+//!
+//! Every socket is created in the pod's namespace; upstream ones carry ztunnel's mark so
+//! the pod's rules let them pass.
+
+mod inbound;
+mod outbound;
+pub mod route;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use mesh_core::cert::CertManager;
+use mesh_core::hbone::{
+    ClientSettings, DialFuture, Dialer, HboneClient, HboneServer, ServerSettings,
+};
+use mesh_core::model::{DataPlane, Workload};
+use mesh_core::tls::{self, ManagedCertResolver};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Ports of the in-pod listeners.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// See [`OUTBOUND_PORT`].
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+
+/// What every pod proxy of this ztunnel shares.
+pub struct ProxyState {
+    /// The current data plane, replaced on every configuration change.
+    pub plane: watch::Receiver<Arc<DataPlane>>,
+    /// Workload certificates.
+    pub certs: Arc<CertManager>,
+    /// Trust domain of the mesh.
+    pub trust_domain: String,
+    /// `SO_MARK` of ztunnel's sockets in pods (must match the rules' bypass mark).
+    pub mark: u32,
+}
+
+impl ProxyState {
+    fn plane(&self) -> Arc<DataPlane> {
+        self.plane.borrow().clone()
+    }
+}
+
+/// Counters of one pod's proxy (metrics build on them).
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Outbound connections sent over HBONE.
+    pub outbound_hbone: AtomicU64,
+    /// Outbound connections passed through as plain TCP.
+    pub outbound_passthrough: AtomicU64,
+    /// Outbound connections that failed (no route, upstream refused).
+    pub outbound_failed: AtomicU64,
+    /// Inbound HBONE tunnels served.
+    pub inbound_hbone: AtomicU64,
+    /// Inbound plaintext connections served.
+    pub inbound_plaintext: AtomicU64,
+    /// Inbound connections refused by policy or PeerAuthentication.
+    pub inbound_denied: AtomicU64,
+}
+
+impl ProxyStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One captured pod, as its connections' handlers see it.
+struct PodContext {
+    workload: Arc<Workload>,
+    netns: Arc<File>,
+    state: Arc<ProxyState>,
+    client: HboneClient,
+    stats: Arc<ProxyStats>,
+    next_endpoint: AtomicUsize,
+}
+
+/// Opens HBONE connections from inside the pod, marked.
+struct PodDialer {
+    netns: Arc<File>,
+    mark: u32,
+}
+
+impl Dialer for PodDialer {
+    fn dial(&self, dst: SocketAddr) -> DialFuture<'_> {
+        Box::pin(mesh_core::socket::connect_in(
+            &*self.netns,
+            self.mark,
+            None,
+            dst,
+        ))
+    }
+}
+
+/// Why a pod's proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No certificate for the pod's identity.
+    #[error(transparent)]
+    Certificate(#[from] mesh_core::cert::CertError),
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] mesh_core::tls::TlsError),
+    /// A listener could not be bound in the pod.
+    #[error("binding {addr} in the pod: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The running proxy of one pod; dropping it closes its listeners and connections.
+pub struct WorkloadProxy {
+    workload: Arc<Workload>,
+    stats: Arc<ProxyStats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl WorkloadProxy {
+    /// Starts the three listeners of `workload` in `netns` (an open network namespace).
+    /// Must be called within a Tokio runtime.
+    pub async fn start(
+        state: Arc<ProxyState>,
+        workload: Arc<Workload>,
+        netns: File,
+    ) -> Result<Self, StartError> {
+        let netns = Arc::new(netns);
+        let cert = state.certs.fetch(&workload.identity).await?;
+        let bind = |port: u16, transparent: bool| {
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            mesh_core::socket::listen_in(&*netns, addr, transparent)
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let outbound = bind(OUTBOUND_PORT, false)?;
+        let plaintext = bind(INBOUND_PLAINTEXT_PORT, true)?;
+        let hbone = bind(mesh_core::hbone::HBONE_PORT, true)?;
+
+        let dialer = Arc::new(PodDialer {
+            netns: netns.clone(),
+            mark: state.mark,
+        });
+        let client =
+            HboneClient::with_dialer(state.certs.clone(), ClientSettings::default(), dialer);
+        let stats = Arc::new(ProxyStats::default());
+        let context = Arc::new(PodContext {
+            workload: workload.clone(),
+            netns,
+            state: state.clone(),
+            client,
+            stats: stats.clone(),
+            next_endpoint: AtomicUsize::new(0),
+        });
+
+        let resolver = Arc::new(ManagedCertResolver::new(
+            state.certs.clone(),
+            workload.identity.clone(),
+        ));
+        let server_config = tls::server_config(resolver, cert.roots(), &state.trust_domain)?;
+        let handler_context = context.clone();
+        let handler = move |tunnel| inbound::serve_hbone(handler_context.clone(), tunnel);
+        let server = HboneServer::new(hbone, server_config, handler, ServerSettings::default());
+        let tasks = vec![
+            tokio::spawn(outbound::run(context.clone(), outbound)),
+            tokio::spawn(inbound::run_plaintext(context, plaintext)),
+            tokio::spawn(server.run()),
+        ];
+        tracing::info!(pod = %workload.name, namespace = %workload.namespace, identity = %workload.identity, "pod proxy started");
+        Ok(WorkloadProxy {
+            workload,
+            stats,
+            tasks,
+        })
+    }
+
+    /// The pod it serves.
+    pub fn workload(&self) -> &Arc<Workload> {
+        &self.workload
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &Arc<ProxyStats> {
+        &self.stats
+    }
+}
+
+impl Drop for WorkloadProxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        tracing::info!(pod = %self.workload.name, namespace = %self.workload.namespace, "pod proxy stopped");
+    }
+}

@@ -1,0 +1,106 @@
+//! Outbound: the app's connection, redirected to 15001, to its upstream.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::HeaderMap;
+use mesh_core::hbone::{ConnectRequest, headers};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::route::{Upstream, route};
+use super::{PodContext, ProxyStats};
+
+/// Accepts redirected connections until the proxy stops.
+pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(pod.clone(), stream));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One connection: find where the app meant to go, route, open the upstream, copy.
+async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
+    let _ = downstream.set_nodelay(true);
+    let (src, dst) = match (
+        downstream.peer_addr(),
+        mesh_core::socket::original_dst(&downstream),
+    ) {
+        (Ok(src), Ok(dst)) => (src, dst),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::warn!(error = %err, "outbound connection without addresses");
+            return;
+        }
+    };
+    let plane = pod.state.plane();
+    let pick = |n| pod.next_endpoint.fetch_add(1, Ordering::Relaxed) % n;
+    let started = std::time::Instant::now();
+    let outcome = match route(&plane, dst, pick) {
+        Err(err) => Err(err.to_string()),
+        Ok(Upstream::Hbone {
+            hbone_addr,
+            authority,
+            workload,
+            ..
+        }) => {
+            let mut request_headers = HeaderMap::new();
+            request_headers.insert(headers::FORWARDED, headers::forwarded_for(src.ip()));
+            let baggage = headers::Baggage {
+                namespace: Some(pod.workload.namespace.clone()),
+                workload: Some(("pod".into(), pod.workload.name.clone())),
+                ..Default::default()
+            };
+            if let Some(value) = baggage.to_header() {
+                request_headers.insert(headers::BAGGAGE, value);
+            }
+            let request = ConnectRequest {
+                src: pod.workload.identity.clone(),
+                dst: hbone_addr,
+                dst_identities: vec![workload.identity.clone()],
+                authority,
+                headers: request_headers,
+            };
+            match pod.client.connect(request).await {
+                Ok(mut upstream) => {
+                    ProxyStats::bump(&pod.stats.outbound_hbone);
+                    let copied =
+                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                    Ok((
+                        "hbone",
+                        workload.identity.to_string(),
+                        copied.unwrap_or_default(),
+                    ))
+                }
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        Ok(Upstream::Passthrough { addr, .. }) => {
+            match mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, None, addr).await {
+                Ok(mut upstream) => {
+                    ProxyStats::bump(&pod.stats.outbound_passthrough);
+                    let copied =
+                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                    Ok(("passthrough", String::from("-"), copied.unwrap_or_default()))
+                }
+                Err(err) => Err(format!("connecting to {addr}: {err}")),
+            }
+        }
+    };
+    match outcome {
+        Ok((mode, dst_identity, (sent, received))) => tracing::info!(
+            direction = "outbound", %src, %dst, mode, src_identity = %pod.workload.identity, %dst_identity,
+            bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64,
+            "connection complete"
+        ),
+        Err(error) => {
+            ProxyStats::bump(&pod.stats.outbound_failed);
+            tracing::warn!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, %error, "connection failed");
+        }
+    }
+}
