@@ -1,7 +1,9 @@
 //! istio-cni: the CNI plugin and node agent that redirect ambient pods' traffic to ztunnel.
 //!
-//! In the order a pod meets them: the plugin or the agent notices the pod, [`rules`]
-//! renders and installs the in-pod redirection inside its network namespace, then the
-//! agent hands that namespace to ztunnel (ZDS, to come).
+//! In the order a pod meets them: the [`agent`] notices the pod in the configuration,
+//! [`netns_finder`] finds its network namespace, [`rules`] renders and installs the
+//! in-pod redirection there, and the agent hands the namespace to ztunnel over ZDS.
 
+pub mod agent;
+pub mod netns_finder;
 pub mod rules;

@@ -1,8 +1,10 @@
 //! ztunnel: the per-node L4 proxy of the ambient mesh.
 //!
-//! [`proxy`] serves each captured pod from inside its network namespace: outbound
-//! connections are routed and tunneled over HBONE, inbound tunnels and plaintext are
-//! authorized and handed to the app. Enrollment (ZDS), metrics and the admin endpoints
-//! arrive next.
+//! In the order things happen: [`zds_client`] receives captured pods and their network
+//! namespaces from the istio-cni agent; [`proxy`] serves each from inside its namespace:
+//! outbound connections are routed and tunneled over HBONE, inbound tunnels and plaintext
+//! are authorized and handed to the app. [`app`] wires them to the configuration.
 
+pub mod app;
 pub mod proxy;
+pub mod zds_client;

@@ -1,4 +1,4 @@
-//! The binary describes itself and refuses to run while it has nothing real to run.
+//! The binary describes itself and names the settings it lacks.
 
 use std::process::Command;
 
@@ -16,9 +16,16 @@ fn help_says_what_it_is() {
 }
 
 #[test]
-fn running_it_fails_honestly() {
-    let output = Command::new(BINARY).output().unwrap();
+fn missing_settings_are_named() {
+    let output = Command::new(BINARY)
+        .env_remove("NODE_NAME")
+        .env_remove("MESH_CONFIG_DIR")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not implemented yet"), "{stderr}");
+    assert!(
+        stderr.contains("--config-dir") && stderr.contains("--node-name"),
+        "{stderr}"
+    );
 }

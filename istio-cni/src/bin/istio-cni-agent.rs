@@ -1,8 +1,6 @@
 //! `istio-cni-agent`: the node agent of istio-cni (runs in the istio-cni DaemonSet).
-//!
-//! It will watch the pods of its node, enroll ambient ones and hand their network
-//! namespaces to ztunnel over ZDS (issue 4). Until then it only says what it is and refuses
-//! to run.
+
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -14,12 +12,47 @@ use clap::Parser;
     long_about = "istio-cni-agent: the node agent of istio-cni.\n\n\
         It watches the pods on its node and the namespaces' istio.io/dataplane-mode label, \
         installs or removes the in-pod redirection, and passes each pod's network namespace to \
-        ztunnel over the ZDS socket.\n\n\
-        Status: not implemented yet; running it exits with an error."
+        ztunnel over the ZDS socket."
 )]
-struct Args {}
+struct Args {
+    /// Directory of Kubernetes YAML to read and watch (the file config source).
+    #[arg(long, env = "MESH_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where to serve ZDS for ztunnel.
+    #[arg(long, default_value = mesh_core::zds::DEFAULT_SOCKET)]
+    zds_socket: PathBuf,
+    /// Trust domain of the mesh.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("the istio-cni node agent is not implemented yet; nothing was started")
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = istio_cni::agent::AgentConfig {
+        config_dir: args.config_dir,
+        node_name: args.node_name,
+        zds_socket: args.zds_socket,
+        trust_domain: args.trust_domain,
+        rules: istio_cni::rules::InpodConfig::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = istio_cni::agent::run(config) => result.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }

@@ -19,25 +19,35 @@ pub const READY_LINE: &str = "listening on";
 pub const TESTAPP_ENV: &str = "MESH_TESTAPP";
 
 /// Finds the `mesh-testapp` binary built alongside the running test, bench or demo.
-///
-/// Cargo puts test executables in `target/<profile>/deps/` and binaries in
-/// `target/<profile>/`, so both the executable's directory and its parent are searched.
 pub fn testapp_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(TESTAPP_ENV) {
         return Ok(PathBuf::from(path));
     }
+    workspace_binary("mesh-testapp")
+}
+
+/// Finds a binary of this workspace (`ztunnel`, `istio-cni-agent`, ...) built alongside
+/// the running test, bench or demo.
+///
+/// Cargo puts test executables in `target/<profile>/deps/` and binaries in
+/// `target/<profile>/`, so both the executable's directory and its parent are searched.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()
         .map_err(|err| HarnessError::io("locating the running executable", err))?;
     let candidates = exe
         .ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("mesh-testapp"))
+        .map(|dir| dir.join(name))
         .collect::<Vec<_>>();
-    candidates.iter().find(|path| path.is_file()).cloned().ok_or_else(|| {
-        HarnessError::Spec(format!(
-            "mesh-testapp not found at {candidates:?}; build it with `cargo build -p mesh-tests --bins` \
-             or point {TESTAPP_ENV} at it"
-        ))
-    })
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            HarnessError::Spec(format!(
+                "{name} not found at {candidates:?}; build the workspace's binaries first \
+             (`cargo build --workspace --bins`; `cargo test --workspace` does it)"
+            ))
+        })
 }

@@ -129,6 +129,11 @@ impl Cluster {
         &self.config_dir
     }
 
+    /// A private scratch directory of the cluster (sockets, CA files), removed with it.
+    pub fn work_dir(&self) -> &Path {
+        self._workdir.path()
+    }
+
     /// Its nodes, in the order they were described.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes

@@ -1,0 +1,254 @@
+//! The istio-cni node agent: keeps the pods of its node that belong in the mesh captured
+//! (rules installed in their namespace) and tells ztunnel about them over ZDS.
+//!
+//! One loop owns all state: on every configuration change it reconciles the captured pods
+//! with the wanted ones; when ztunnel connects it replays the captured pods (snapshot) and
+//! from then on streams additions and removals, waiting for ztunnel's Ack each time.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::config::file_source::FileSource;
+use mesh_core::model::{Workload, translate};
+use mesh_core::zds::{self, WorkloadResponse, ZdsError, ZdsHello, requests};
+use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+
+use crate::rules::{self, InpodConfig, PodRules};
+
+/// Everything the agent needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Directory of Kubernetes YAML (the file config source).
+    pub config_dir: PathBuf,
+    /// This node's name.
+    pub node_name: String,
+    /// Where to serve ZDS for ztunnel.
+    pub zds_socket: PathBuf,
+    /// Trust domain (for identities in the model).
+    pub trust_domain: String,
+    /// The in-pod rules.
+    pub rules: InpodConfig,
+}
+
+/// A pod the agent has captured.
+struct Captured {
+    workload: Arc<Workload>,
+    netns: File,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The config directory could not be watched.
+    #[error("watching the config directory: {0}")]
+    Watch(#[from] notify::Error),
+    /// The ZDS socket could not be created.
+    #[error("serving ZDS on {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The ZDS uid of a workload: its UID when known, else `namespace/name`.
+fn uid(workload: &Workload) -> String {
+    workload
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", workload.namespace, workload.name))
+}
+
+/// Runs the agent until the task is dropped.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let rules = rules::render(&config.rules);
+    let mut snapshots = FileSource::new(&config.config_dir).watch(Duration::from_millis(100))?;
+    if let Some(dir) = config.zds_socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&config.zds_socket);
+    let mut listener =
+        UnixSeqpacketListener::bind(&config.zds_socket).map_err(|source| AgentError::Socket {
+            path: config.zds_socket.clone(),
+            source,
+        })?;
+    tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "istio-cni agent started");
+
+    let mut captured: BTreeMap<String, Captured> = BTreeMap::new();
+    let mut ztunnel: Option<UnixSeqpacket> = None;
+    let mut pending = reconcile(
+        &config,
+        &rules,
+        &snapshots.borrow_and_update(),
+        &mut captured,
+    );
+    loop {
+        if let Some(connection) = &ztunnel {
+            for change in pending.drain(..) {
+                if let Err(err) = change.send(connection, &captured).await {
+                    tracing::warn!(error = %err, "ztunnel connection lost; it will get a snapshot when it returns");
+                    ztunnel = None;
+                    break;
+                }
+            }
+        }
+        pending.clear();
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                pending = reconcile(&config, &rules, &snapshot, &mut captured);
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => match send_snapshot(&connection, &captured).await {
+                    Ok(()) => {
+                        tracing::info!(pods = captured.len(), "ztunnel connected; snapshot sent");
+                        ztunnel = Some(connection);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "ztunnel connection failed during the snapshot"),
+                },
+                Err(err) => tracing::warn!(error = %err, "ZDS accept failed"),
+            },
+        }
+    }
+}
+
+/// A change ztunnel must hear about.
+enum Change {
+    Add(String),
+    Del(String),
+}
+
+impl Change {
+    async fn send(
+        &self,
+        connection: &UnixSeqpacket,
+        captured: &BTreeMap<String, Captured>,
+    ) -> Result<(), ZdsError> {
+        match self {
+            Change::Add(uid) => match captured.get(uid) {
+                Some(pod) => add(connection, uid, pod).await,
+                None => Ok(()),
+            },
+            Change::Del(uid) => exchange(connection, &requests::del(uid), None).await,
+        }
+    }
+}
+
+async fn add(connection: &UnixSeqpacket, uid: &str, pod: &Captured) -> Result<(), ZdsError> {
+    let info = zds::pb::WorkloadInfo {
+        name: pod.workload.name.clone(),
+        namespace: pod.workload.namespace.clone(),
+        service_account: pod.workload.identity.service_account().to_string(),
+    };
+    exchange(
+        connection,
+        &requests::add(uid, Some(info)),
+        Some(pod.netns.as_fd()),
+    )
+    .await
+}
+
+/// Sends one request and waits for its Ack. An error Ack is logged, not fatal: ztunnel
+/// refused that pod, the connection is fine.
+async fn exchange(
+    connection: &UnixSeqpacket,
+    request: &zds::WorkloadRequest,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(), ZdsError> {
+    zds::send(connection, request, fd).await?;
+    let (response, _) = zds::recv::<WorkloadResponse>(connection, "WorkloadResponse").await?;
+    if let Err(err) = zds::check_ack(response) {
+        tracing::warn!(error = %err, "ztunnel refused a request");
+    }
+    Ok(())
+}
+
+/// Waits for ztunnel's hello, then replays every captured pod and SnapshotSent.
+async fn send_snapshot(
+    connection: &UnixSeqpacket,
+    captured: &BTreeMap<String, Captured>,
+) -> Result<(), ZdsError> {
+    let (hello, _) = zds::recv::<ZdsHello>(connection, "ZdsHello").await?;
+    if hello.version != zds::pb::Version::V1 as i32 {
+        return Err(ZdsError::Invalid(format!(
+            "unsupported ZDS version {}",
+            hello.version
+        )));
+    }
+    for (uid, pod) in captured {
+        add(connection, uid, pod).await?;
+    }
+    exchange(connection, &requests::snapshot_sent(), None).await
+}
+
+/// Captures pods that should be and releases pods that should not; returns what ztunnel
+/// must be told. A pod whose namespace cannot be found or set up is retried next time.
+fn reconcile(
+    config: &AgentConfig,
+    rules: &PodRules,
+    snapshot: &mesh_core::config::file_source::Snapshot,
+    captured: &mut BTreeMap<String, Captured>,
+) -> Vec<Change> {
+    let plane = translate(&snapshot.store, &config.trust_domain);
+    let wanted: BTreeMap<String, Arc<Workload>> = plane
+        .workloads_on(&config.node_name)
+        .into_iter()
+        .filter(|w| w.captured)
+        .map(|w| (uid(&w), w))
+        .collect();
+    let mut changes = Vec::new();
+    let gone: Vec<String> = captured
+        .keys()
+        .filter(|uid| !wanted.contains_key(*uid))
+        .cloned()
+        .collect();
+    for uid in gone {
+        if let Some(pod) = captured.remove(&uid) {
+            match mesh_core::netns::run_in(&pod.netns, || rules::remove(rules)) {
+                Ok(Ok(())) => tracing::info!(pod = %uid, "pod released; rules removed"),
+                Ok(Err(err)) => tracing::warn!(pod = %uid, error = %err, "removing rules failed"),
+                Err(err) => tracing::warn!(pod = %uid, error = %err, "pod namespace gone"),
+            }
+            changes.push(Change::Del(uid));
+        }
+    }
+    for (uid, workload) in wanted {
+        if captured.contains_key(&uid) {
+            continue;
+        }
+        let Some(ip) = workload.ips.first().copied() else {
+            continue;
+        };
+        let netns = match crate::netns_finder::find_by_ip(ip) {
+            Ok(Some(netns)) => netns,
+            Ok(None) => {
+                tracing::warn!(pod = %uid, %ip, "no network namespace holds the pod's address yet");
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(pod = %uid, error = %err, "searching network namespaces failed");
+                continue;
+            }
+        };
+        match mesh_core::netns::run_in(&netns, || rules::apply(rules)) {
+            Ok(Ok(())) => {
+                tracing::info!(pod = %uid, %ip, "pod captured; rules installed");
+                captured.insert(uid.clone(), Captured { workload, netns });
+                changes.push(Change::Add(uid));
+            }
+            Ok(Err(err)) => tracing::warn!(pod = %uid, error = %err, "installing rules failed"),
+            Err(err) => {
+                tracing::warn!(pod = %uid, error = %err, "entering the pod namespace failed")
+            }
+        }
+    }
+    changes
+}

@@ -1,0 +1,69 @@
+//! Wiring: configuration source -> data plane -> pod proxies, enrolled over ZDS.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
+use mesh_core::config::file_source::FileSource;
+use mesh_core::model::translate;
+use tokio::sync::watch;
+
+use crate::proxy::ProxyState;
+use crate::zds_client::Enrolled;
+
+/// Everything ztunnel needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of Kubernetes YAML (the file config source).
+    pub config_dir: PathBuf,
+    /// This node's name (pods of other nodes are never served here).
+    pub node_name: String,
+    /// The istio-cni agent's ZDS socket.
+    pub zds_socket: PathBuf,
+    /// CA files (Istio `cacerts` layout), generated there on first use.
+    pub ca_dir: PathBuf,
+    /// Trust domain of the mesh.
+    pub trust_domain: String,
+    /// Mark of ztunnel's sockets in pods.
+    pub mark: u32,
+}
+
+/// Runs ztunnel until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    mesh_core::tls::install_process_provider();
+    let snapshots = FileSource::new(&config.config_dir)
+        .watch(Duration::from_millis(100))
+        .with_context(|| format!("watching {}", config.config_dir.display()))?;
+    let first = snapshots.borrow().clone();
+    for error in &first.errors {
+        tracing::warn!(%error, "config error");
+    }
+    let (planes, plane) = watch::channel(Arc::new(translate(&first.store, &config.trust_domain)));
+    let trust_domain = config.trust_domain.clone();
+    tokio::spawn(async move {
+        let mut snapshots = snapshots;
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            planes.send_replace(Arc::new(translate(&snapshot.store, &trust_domain)));
+        }
+    });
+
+    let ca = LocalCa::load_or_generate(&config.ca_dir, &config.trust_domain)
+        .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?;
+    let certs = Arc::new(CertManager::new(Arc::new(ca), RenewalPolicy::default()));
+    let state = Arc::new(ProxyState {
+        plane,
+        certs,
+        trust_domain: config.trust_domain.clone(),
+        mark: config.mark,
+    });
+    tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "ztunnel started");
+    tokio::select! {
+        () = Enrolled::new(state).run(config.zds_socket.clone()) => {}
+        () = shutdown => tracing::info!("ztunnel stopping"),
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! ztunnel's side of ZDS: connect to the istio-cni agent, receive pods and their network
+//! namespaces, and start or stop their proxies.
+//!
+//! On every (re)connection the agent replays its whole state and ends it with
+//! SnapshotSent; pods whose proxies run but were not in that snapshot are stopped. Each
+//! request is answered with an Ack, an error Ack when it could not be honored, and a bad
+//! request never stops the loop or disturbs other pods.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::model::Workload;
+use mesh_core::zds::{self, Request, WorkloadRequest, ZdsError};
+use tokio_seqpacket::UnixSeqpacket;
+
+use crate::proxy::{ProxyState, WorkloadProxy};
+
+/// How long to wait for the configuration to know a pod the agent announced.
+const WORKLOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// The pods this ztunnel serves, by ZDS uid.
+pub struct Enrolled {
+    state: Arc<ProxyState>,
+    proxies: BTreeMap<String, WorkloadProxy>,
+}
+
+impl Enrolled {
+    /// No pods yet.
+    pub fn new(state: Arc<ProxyState>) -> Self {
+        Enrolled {
+            state,
+            proxies: BTreeMap::new(),
+        }
+    }
+
+    /// Names of the pods served, as `namespace/name`.
+    pub fn pods(&self) -> Vec<String> {
+        self.proxies
+            .values()
+            .map(|p| format!("{}/{}", p.workload().namespace, p.workload().name))
+            .collect()
+    }
+
+    /// Connects to the agent at `socket` and serves it; reconnects (with the snapshot
+    /// protocol) whenever the connection drops. Runs until the task is dropped.
+    pub async fn run(mut self, socket: PathBuf) {
+        loop {
+            match UnixSeqpacket::connect(&socket).await {
+                Ok(connection) => {
+                    tracing::info!(socket = %socket.display(), "connected to the istio-cni agent");
+                    if let Err(err) = self.serve(&connection).await {
+                        tracing::warn!(error = %err, "ZDS connection ended");
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(socket = %socket.display(), error = %err, "istio-cni agent not reachable yet")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn serve(&mut self, connection: &UnixSeqpacket) -> Result<(), ZdsError> {
+        zds::send(connection, &zds::hello(), None).await?;
+        let mut in_snapshot = Some(Vec::new());
+        loop {
+            let (request, fds) =
+                match zds::recv::<WorkloadRequest>(connection, "WorkloadRequest").await {
+                    Ok(received) => received,
+                    Err(ZdsError::Decode { what, source }) => {
+                        tracing::warn!(what, error = %source, "malformed ZDS request");
+                        zds::send(
+                            connection,
+                            &zds::ack(Err(format!("malformed request: {source}"))),
+                            None,
+                        )
+                        .await?;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+            let outcome = match zds::validate(request, fds) {
+                Err(err) => Err(err.to_string()),
+                Ok(Request::SnapshotSent) => {
+                    if let Some(seen) = in_snapshot.take() {
+                        self.proxies.retain(|uid, _| seen.contains(uid));
+                        tracing::info!(pods = ?self.pods(), "snapshot reconciled");
+                    }
+                    Ok(())
+                }
+                Ok(Request::Keep { uid }) => {
+                    if let Some(seen) = in_snapshot.as_mut() {
+                        seen.push(uid);
+                    }
+                    Ok(())
+                }
+                Ok(Request::Del { uid }) => {
+                    self.proxies.remove(&uid);
+                    Ok(())
+                }
+                Ok(Request::Add { uid, info, netns }) => {
+                    if let Some(seen) = in_snapshot.as_mut() {
+                        seen.push(uid.clone());
+                    }
+                    self.add(uid, info, netns).await
+                }
+            };
+            if let Err(error) = &outcome {
+                tracing::warn!(%error, "ZDS request refused");
+            }
+            zds::send(connection, &zds::ack(outcome), None).await?;
+        }
+    }
+
+    async fn add(
+        &mut self,
+        uid: String,
+        info: Option<zds::pb::WorkloadInfo>,
+        netns: std::os::fd::OwnedFd,
+    ) -> Result<(), String> {
+        let info = info.ok_or_else(|| format!("AddWorkload {uid} carries no workload info"))?;
+        if self.proxies.get(&uid).is_some_and(|p| {
+            p.workload().name == info.name && p.workload().namespace == info.namespace
+        }) {
+            return Ok(());
+        }
+        let workload = self.wait_for_workload(&info).await?;
+        let proxy = WorkloadProxy::start(self.state.clone(), workload, std::fs::File::from(netns))
+            .await
+            .map_err(|err| {
+                format!(
+                    "starting the proxy of {}/{}: {err}",
+                    info.namespace, info.name
+                )
+            })?;
+        self.proxies.insert(uid, proxy);
+        Ok(())
+    }
+
+    /// The configuration may lag the agent by a moment: wait briefly for the pod to appear.
+    async fn wait_for_workload(
+        &self,
+        info: &zds::pb::WorkloadInfo,
+    ) -> Result<Arc<Workload>, String> {
+        let mut plane = self.state.plane.clone();
+        let deadline = tokio::time::Instant::now() + WORKLOAD_WAIT;
+        loop {
+            let found = plane
+                .borrow_and_update()
+                .workloads_by_ip
+                .values()
+                .find(|w| w.name == info.name && w.namespace == info.namespace)
+                .cloned();
+            if let Some(workload) = found {
+                return Ok(workload);
+            }
+            if tokio::time::timeout_at(deadline, plane.changed())
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "pod {}/{} is not in the configuration",
+                    info.namespace, info.name
+                ));
+            }
+        }
+    }
+}
