@@ -2,8 +2,12 @@
 //!
 //! The agent learns pods from the configuration, which names IPs, not namespaces. Like
 //! Istio's agent it looks for the namespace that holds the address: first the named ones
-//! (`/run/netns`, where CNI runtimes and the simulated cluster keep them), then every
-//! process's (`/proc/<pid>/ns/net`), each namespace entered once.
+//! (by default `/run/netns`, where CNI runtimes keep them), then, unless told not to,
+//! every process's (`/proc/<pid>/ns/net`), each namespace entered once.
+//!
+//! Pod IPs are unique on a node, so the search is unambiguous there. The simulated
+//! cluster, where several test clusters share one host, gives each node's agent a
+//! directory of its own pods' namespaces and turns the /proc scan off.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -12,13 +16,28 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Where named network namespaces live.
-const NAMED: &str = "/run/netns";
+/// Where to look for pods' network namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchScope {
+    /// Directories of named namespaces (files or symlinks to them).
+    pub dirs: Vec<PathBuf>,
+    /// Also look at every process's namespace.
+    pub scan_proc: bool,
+}
+
+impl Default for SearchScope {
+    fn default() -> Self {
+        SearchScope {
+            dirs: vec![PathBuf::from("/run/netns")],
+            scan_proc: true,
+        }
+    }
+}
 
 /// Opens the network namespace in which `ip` is configured on an interface.
-pub fn find_by_ip(ip: IpAddr) -> io::Result<Option<File>> {
+pub fn find_by_ip(ip: IpAddr, scope: &SearchScope) -> io::Result<Option<File>> {
     let mut seen = HashSet::new();
-    for path in candidates() {
+    for path in candidates(scope) {
         let Ok(file) = File::open(&path) else {
             continue;
         };
@@ -33,13 +52,19 @@ pub fn find_by_ip(ip: IpAddr) -> io::Result<Option<File>> {
     Ok(None)
 }
 
-fn candidates() -> Vec<PathBuf> {
-    let mut paths = list(Path::new(NAMED), |entry| Some(entry.path()));
-    paths.extend(list(Path::new("/proc"), |entry| {
-        let name = entry.file_name();
-        name.to_str()?.parse::<u32>().ok()?;
-        Some(entry.path().join("ns/net"))
-    }));
+fn candidates(scope: &SearchScope) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = scope
+        .dirs
+        .iter()
+        .flat_map(|dir| list(dir, |entry| Some(entry.path())))
+        .collect();
+    if scope.scan_proc {
+        paths.extend(list(Path::new("/proc"), |entry| {
+            let name = entry.file_name();
+            name.to_str()?.parse::<u32>().ok()?;
+            Some(entry.path().join("ns/net"))
+        }));
+    }
     paths
 }
 

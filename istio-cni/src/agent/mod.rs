@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub trust_domain: String,
     /// The in-pod rules.
     pub rules: InpodConfig,
+    /// Where pods' network namespaces are looked for.
+    pub netns_scope: crate::netns_finder::SearchScope,
 }
 
 /// A pod the agent has captured.
@@ -227,7 +229,7 @@ fn reconcile(
         let Some(ip) = workload.ips.first().copied() else {
             continue;
         };
-        let netns = match crate::netns_finder::find_by_ip(ip) {
+        let netns = match crate::netns_finder::find_by_ip(ip, &config.netns_scope) {
             Ok(Some(netns)) => netns,
             Ok(None) => {
                 tracing::warn!(pod = %uid, %ip, "no network namespace holds the pod's address yet");

@@ -27,6 +27,12 @@ struct Args {
     /// Trust domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Directory of named network namespaces to search for pods (repeatable).
+    #[arg(long = "netns-dir", default_value = "/run/netns")]
+    netns_dirs: Vec<PathBuf>,
+    /// Do not search processes' namespaces under /proc.
+    #[arg(long)]
+    no_proc_scan: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +50,10 @@ fn main() -> anyhow::Result<()> {
         zds_socket: args.zds_socket,
         trust_domain: args.trust_domain,
         rules: istio_cni::rules::InpodConfig::default(),
+        netns_scope: istio_cni::netns_finder::SearchScope {
+            dirs: args.netns_dirs,
+            scan_proc: !args.no_proc_scan,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

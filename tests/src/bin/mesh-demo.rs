@@ -89,7 +89,9 @@ fn main() -> anyhow::Result<()> {
             "--zds-socket",
             &socket,
         ];
-        node.spawn(workspace_binary("istio-cni-agent")?, common)?;
+        let netns = node.pod_netns_dir().display().to_string();
+        let agent_args = [&common[..], &["--netns-dir", &netns, "--no-proc-scan"]].concat();
+        node.spawn(workspace_binary("istio-cni-agent")?, agent_args)?;
         let ca = ca_dir.display().to_string();
         let ztunnel_args = [&common[..], &["--ca-dir", &ca]].concat();
         ztunnels.push(node.spawn(workspace_binary("ztunnel")?, ztunnel_args)?);

@@ -62,6 +62,16 @@ impl ClusterBuilder {
                 .map_err(|err| HarnessError::io(format!("creating {}", dir.display()), err))?;
         }
         let network = wiring::build(&id, &spec)?;
+        // Each node's pods' namespaces, as a directory of links: what a node agent may see.
+        for (node_spec, pod_netns) in spec.nodes.iter().zip(&network.pods) {
+            let dir = workdir.path().join("netns").join(&node_spec.name);
+            std::fs::create_dir_all(&dir)
+                .map_err(|err| HarnessError::io(format!("creating {}", dir.display()), err))?;
+            for (pod_spec, netns) in node_spec.pods.iter().zip(pod_netns) {
+                std::os::unix::fs::symlink(netns.path(), dir.join(&pod_spec.name))
+                    .map_err(|err| HarnessError::io("linking a pod namespace", err))?;
+            }
+        }
         kube_yaml::write_cluster(&config_dir, &spec)?;
 
         let supervisor = Arc::new(Supervisor {
@@ -88,6 +98,7 @@ impl ClusterBuilder {
             .zip(network.nodes)
             .enumerate()
             .map(|(index, (node_spec, netns))| Node {
+                netns_dir: workdir.path().join("netns").join(&node_spec.name),
                 name: node_spec.name.clone(),
                 underlay_ip: node_underlay_ip(index),
                 pod_cidr: node_pod_cidr(index),
@@ -245,6 +256,7 @@ impl Supervisor {
 #[derive(Debug)]
 pub struct Node {
     name: String,
+    netns_dir: PathBuf,
     underlay_ip: Ipv4Addr,
     pod_cidr: (Ipv4Addr, u8),
     netns: NetNs,
@@ -260,6 +272,12 @@ impl Node {
     /// Its address on the underlay (the Node's InternalIP).
     pub fn underlay_ip(&self) -> Ipv4Addr {
         self.underlay_ip
+    }
+
+    /// A directory holding links to the network namespaces of this node's pods (and only
+    /// those): what a node agent searches in the simulated cluster.
+    pub fn pod_netns_dir(&self) -> PathBuf {
+        self.netns_dir.clone()
     }
 
     /// Its pod CIDR as (network, prefix length).
