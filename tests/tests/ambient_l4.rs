@@ -152,6 +152,43 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
         0,
         "a pod outside the mesh is left alone"
     );
+
+    // Istio's metrics on the server's node, from the node itself as Prometheus would.
+    let metrics = cluster
+        .node("n2")
+        .exec(
+            "curl",
+            ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
+        )
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let inbound = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+        })
+        .unwrap_or_else(|| panic!("no inbound connection metric in:\n{metrics}"));
+    for label in [
+        "connection_security_policy=\"mutual_tls\"",
+        "source_principal=\"spiffe://cluster.local/ns/shop/sa/web\"",
+        "destination_workload=\"server\"",
+    ] {
+        assert!(inbound.contains(label), "{label} missing: {inbound}");
+    }
+    let ready = cluster
+        .node("n2")
+        .exec(
+            "curl",
+            [
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
     assert_eq!(
         get(&cluster, "legacy", server).unwrap(),
         "server",

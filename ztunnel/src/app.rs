@@ -29,6 +29,8 @@ pub struct Config {
     pub trust_domain: String,
     /// Mark of ztunnel's sockets in pods.
     pub mark: u32,
+    /// Metrics (`/metrics`) and readiness (`/healthz/ready`) listeners.
+    pub endpoints: crate::http_endpoints::Endpoints,
 }
 
 /// Runs ztunnel until `shutdown` completes.
@@ -54,11 +56,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ca = LocalCa::load_or_generate(&config.ca_dir, &config.trust_domain)
         .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?;
     let certs = Arc::new(CertManager::new(Arc::new(ca), RenewalPolicy::default()));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let endpoints = crate::http_endpoints::serve(config.endpoints, metrics.clone())
+        .await
+        .with_context(|| format!("binding {:?}", config.endpoints))?;
+    tokio::spawn(endpoints);
     let state = Arc::new(ProxyState {
         plane,
         certs,
         trust_domain: config.trust_domain.clone(),
         mark: config.mark,
+        metrics,
     });
     tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "ztunnel started");
     tokio::select! {

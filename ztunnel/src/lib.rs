@@ -3,8 +3,11 @@
 //! In the order things happen: [`zds_client`] receives captured pods and their network
 //! namespaces from the istio-cni agent; [`proxy`] serves each from inside its namespace:
 //! outbound connections are routed and tunneled over HBONE, inbound tunnels and plaintext
-//! are authorized and handed to the app. [`app`] wires them to the configuration.
+//! are authorized and handed to the app, counted in [`metrics`] (served by
+//! [`http_endpoints`]). [`app`] wires them to the configuration.
 
 pub mod app;
+pub mod http_endpoints;
+pub mod metrics;
 pub mod proxy;
 pub mod zds_client;

@@ -31,6 +31,12 @@ struct Args {
     /// Trust domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Where Prometheus scrapes `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: std::net::SocketAddr,
+    /// Where the kubelet probes `/healthz/ready`.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: std::net::SocketAddr,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +55,10 @@ fn main() -> anyhow::Result<()> {
         ca_dir: args.ca_dir,
         trust_domain: args.trust_domain,
         mark: 0x539,
+        endpoints: ztunnel::http_endpoints::Endpoints {
+            metrics: args.metrics_addr,
+            readiness: args.readiness_addr,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -70,6 +70,7 @@ impl Mesh {
             certs,
             trust_domain: TRUST_DOMAIN.into(),
             mark: 0x539,
+            metrics: Arc::new(ztunnel::metrics::Metrics::default()),
         });
         let mut proxies = Vec::new();
         for pod in cluster.pods() {

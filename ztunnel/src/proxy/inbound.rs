@@ -10,6 +10,7 @@ use mesh_core::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{PodContext, ProxyStats};
+use crate::metrics::TcpLabels;
 
 /// One HBONE tunnel: check it targets this pod, authorize, dial the app, answer, copy.
 pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
@@ -44,13 +45,31 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
             return tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
+    let baggage = tunnel
+        .headers()
+        .get(headers::BAGGAGE)
+        .map(headers::Baggage::parse)
+        .unwrap_or_default();
     let Ok(mut downstream) = tunnel.accept() else {
         return;
     };
     ProxyStats::bump(&pod.stats.inbound_hbone);
+    let labels = TcpLabels {
+        reporter: "destination".into(),
+        source_workload: baggage
+            .workload
+            .map(|(_, name)| name)
+            .unwrap_or_else(|| "unknown".into()),
+        source_workload_namespace: peer.identity.namespace().to_string(),
+        source_principal: peer.identity.to_string(),
+        connection_security_policy: "mutual_tls".into(),
+        ..destination_labels(&pod)
+    };
+    pod.state.metrics.opened(&labels);
     let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
         .await
         .unwrap_or_default();
+    pod.state.metrics.closed(&labels, copied.0, copied.1);
     tracing::info!(
         direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity,
         dst_identity = %pod.workload.identity, connection_security_policy = "mutual_tls",
@@ -103,13 +122,37 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
         return;
     };
     ProxyStats::bump(&pod.stats.inbound_plaintext);
+    let source = plane.workload(peer.ip());
+    let labels = TcpLabels {
+        reporter: "destination".into(),
+        source_workload: source.map_or_else(|| "unknown".into(), |w| w.name.clone()),
+        source_workload_namespace: source.map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
+        source_principal: "unknown".into(),
+        connection_security_policy: "none".into(),
+        ..destination_labels(&pod)
+    };
+    pod.state.metrics.opened(&labels);
     let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
         .await
         .unwrap_or_default();
+    pod.state.metrics.closed(&labels, copied.0, copied.1);
     tracing::info!(
         direction = "inbound", src = %peer, dst = %target, connection_security_policy = "none",
         bytes_received = copied.0, bytes_sent = copied.1, "connection complete"
     );
+}
+
+/// The destination half of the labels: this pod (services are not known inbound).
+fn destination_labels(pod: &PodContext) -> TcpLabels {
+    TcpLabels {
+        destination_workload: pod.workload.name.clone(),
+        destination_workload_namespace: pod.workload.namespace.clone(),
+        destination_principal: pod.workload.identity.to_string(),
+        destination_service: "unknown".into(),
+        request_protocol: "tcp".into(),
+        response_flags: "-".into(),
+        ..TcpLabels::default()
+    }
 }
 
 /// Connects to the application inside the pod, marked so the rules let it through.

@@ -44,6 +44,8 @@ pub struct ProxyState {
     pub trust_domain: String,
     /// `SO_MARK` of ztunnel's sockets in pods (must match the rules' bypass mark).
     pub mark: u32,
+    /// Istio's TCP metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ProxyState {

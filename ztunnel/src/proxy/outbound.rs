@@ -9,6 +9,20 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::route::{Upstream, route};
 use super::{PodContext, ProxyStats};
+use crate::metrics::TcpLabels;
+
+/// The source half of the labels: this pod, reported as the source.
+fn source_labels(pod: &PodContext) -> TcpLabels {
+    TcpLabels {
+        reporter: "source".into(),
+        source_workload: pod.workload.name.clone(),
+        source_workload_namespace: pod.workload.namespace.clone(),
+        source_principal: pod.workload.identity.to_string(),
+        request_protocol: "tcp".into(),
+        response_flags: "-".into(),
+        ..TcpLabels::default()
+    }
+}
 
 /// Accepts redirected connections until the proxy stops.
 pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener) {
@@ -47,7 +61,7 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
             hbone_addr,
             authority,
             workload,
-            ..
+            service,
         }) => {
             let mut request_headers = HeaderMap::new();
             request_headers.insert(headers::FORWARDED, headers::forwarded_for(src.ip()));
@@ -69,28 +83,54 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
             match pod.client.connect(request).await {
                 Ok(mut upstream) => {
                     ProxyStats::bump(&pod.stats.outbound_hbone);
-                    let copied =
-                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-                    Ok((
-                        "hbone",
-                        workload.identity.to_string(),
-                        copied.unwrap_or_default(),
-                    ))
+                    let labels = TcpLabels {
+                        destination_workload: workload.name.clone(),
+                        destination_workload_namespace: workload.namespace.clone(),
+                        destination_principal: workload.identity.to_string(),
+                        destination_service: service
+                            .map_or_else(|| "unknown".into(), |s| s.hostname()),
+                        connection_security_policy: "mutual_tls".into(),
+                        ..source_labels(&pod)
+                    };
+                    pod.state.metrics.opened(&labels);
+                    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                        .await
+                        .unwrap_or_default();
+                    pod.state.metrics.closed(&labels, copied.0, copied.1);
+                    Ok(("hbone", workload.identity.to_string(), copied))
                 }
                 Err(err) => Err(err.to_string()),
             }
         }
-        Ok(Upstream::Passthrough { addr, .. }) => {
-            match mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, None, addr).await {
-                Ok(mut upstream) => {
-                    ProxyStats::bump(&pod.stats.outbound_passthrough);
-                    let copied =
-                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-                    Ok(("passthrough", String::from("-"), copied.unwrap_or_default()))
-                }
-                Err(err) => Err(format!("connecting to {addr}: {err}")),
+        Ok(Upstream::Passthrough {
+            addr,
+            workload,
+            service,
+        }) => match mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, None, addr).await {
+            Ok(mut upstream) => {
+                ProxyStats::bump(&pod.stats.outbound_passthrough);
+                let labels = TcpLabels {
+                    destination_workload: workload
+                        .as_ref()
+                        .map_or_else(|| "unknown".into(), |w| w.name.clone()),
+                    destination_workload_namespace: workload
+                        .as_ref()
+                        .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
+                    destination_principal: "unknown".into(),
+                    destination_service: service
+                        .map_or_else(|| addr.ip().to_string(), |s| s.hostname()),
+                    connection_security_policy: "none".into(),
+                    ..source_labels(&pod)
+                };
+                pod.state.metrics.opened(&labels);
+                let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                    .await
+                    .unwrap_or_default();
+                pod.state.metrics.closed(&labels, copied.0, copied.1);
+                Ok(("passthrough", String::from("-"), copied))
             }
-        }
+            Err(err) => Err(format!("connecting to {addr}: {err}")),
+        },
     };
     match outcome {
         Ok((mode, dst_identity, (sent, received))) => tracing::info!(

@@ -1,0 +1,80 @@
+//! ztunnel's HTTP endpoints on the node: Prometheus metrics (15020) and readiness (15021).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+
+/// Where the endpoints listen (Istio's ports).
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    /// `/metrics`.
+    pub metrics: SocketAddr,
+    /// `/healthz/ready`.
+    pub readiness: SocketAddr,
+}
+
+/// Binds both listeners (so readiness is only reported once everything is bound) and
+/// serves them until the task is dropped.
+pub async fn serve(
+    endpoints: Endpoints,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let metrics_listener = TcpListener::bind(endpoints.metrics).await?;
+    let readiness_listener = TcpListener::bind(endpoints.readiness).await?;
+    Ok(async move {
+        let metrics_page = move |request: Request<hyper::body::Incoming>| {
+            let body = if request.uri().path() == "/metrics" {
+                Some(metrics.encode())
+            } else {
+                None
+            };
+            async move { Ok::<_, Infallible>(respond(body)) }
+        };
+        let ready_page = |request: Request<hyper::body::Incoming>| async move {
+            let body = (request.uri().path() == "/healthz/ready").then(|| "ready\n".to_string());
+            Ok::<_, Infallible>(respond(body))
+        };
+        tokio::join!(
+            serve_one(metrics_listener, metrics_page),
+            serve_one(readiness_listener, ready_page)
+        );
+    })
+}
+
+fn respond(body: Option<String>) -> Response<Full<Bytes>> {
+    let (status, body) = match body {
+        Some(body) => (StatusCode::OK, body),
+        None => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+async fn serve_one<F, Fut>(listener: TcpListener, page: F)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let page = page.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(page);
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
