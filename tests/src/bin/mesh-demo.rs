@@ -156,17 +156,25 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    println!("\nWhat proves it, from ztunnel's access log on node-2:");
+    println!(
+        "\nWhat proves it, from ztunnel's metrics on node-2 (curl http://127.0.0.1:15020/metrics):"
+    );
+    let metrics = cluster.node("node-2").exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
+    )?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("istio_tcp_connections_opened_total{") && l.contains("mutual_tls")
+    }) {
+        println!("  {line}");
+    }
+    println!("\n... and from its access log:");
     let log = ztunnels[1].stdout();
-    let proof: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("mutual_tls"))
-        .take(2)
-        .collect();
-    for line in proof {
+    for line in log.lines().filter(|l| l.contains("mutual_tls")).take(2) {
         println!("  {}", line.trim());
     }
-    println!("\nNot yet: Prometheus metrics on :15020, admin on :15000, the waypoint (L7).");
+    println!("\nNot yet: the admin endpoint on :15000, the CNI plugin binary, the waypoint (L7).");
     if args.hold {
         println!("Holding the cluster; press Ctrl-C to remove it.");
         loop {
