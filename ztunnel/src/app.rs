@@ -31,9 +31,11 @@ pub struct Config {
     pub mark: u32,
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`) listeners.
     pub endpoints: crate::http_endpoints::Endpoints,
+    /// How long live connections may take to finish once shutdown starts.
+    pub drain_timeout: Duration,
 }
 
-/// Runs ztunnel until `shutdown` completes.
+/// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     mesh_core::tls::install_process_provider();
     let snapshots = FileSource::new(&config.config_dir)
@@ -69,9 +71,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics,
     });
     tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "ztunnel started");
-    tokio::select! {
-        () = Enrolled::new(state).run(config.zds_socket.clone()) => {}
-        () = shutdown => tracing::info!("ztunnel stopping"),
-    }
+    Enrolled::new(state)
+        .run(config.zds_socket.clone(), shutdown, config.drain_timeout)
+        .await;
+    tracing::info!("ztunnel stopped");
     Ok(())
 }

@@ -37,6 +37,10 @@ struct Args {
     /// Where the kubelet probes `/healthz/ready`.
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: std::net::SocketAddr,
+    /// Seconds live connections may take to finish after SIGTERM (keep it below the
+    /// pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 20)]
+    drain_timeout_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         ca_dir: args.ca_dir,
         trust_domain: args.trust_domain,
         mark: 0x539,
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout_seconds),
         endpoints: ztunnel::http_endpoints::Endpoints {
             metrics: args.metrics_addr,
             readiness: args.readiness_addr,
@@ -63,7 +68,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(ztunnel::app::run(config, async {
-        let _ = tokio::signal::ctrl_c().await;
-    }))
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        ztunnel::app::run(config, async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+    })
 }

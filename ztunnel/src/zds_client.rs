@@ -43,22 +43,43 @@ impl Enrolled {
             .collect()
     }
 
-    /// Connects to the agent at `socket` and serves it; reconnects (with the snapshot
-    /// protocol) whenever the connection drops. Runs until the task is dropped.
-    pub async fn run(mut self, socket: PathBuf) {
+    /// Connects to the agent at `socket` and serves it, reconnecting (with the snapshot
+    /// protocol) whenever the connection drops, until `shutdown` completes; then drains
+    /// every pod's proxy for up to `drain` and returns.
+    pub async fn run(
+        mut self,
+        socket: PathBuf,
+        shutdown: impl std::future::Future<Output = ()>,
+        drain: Duration,
+    ) {
+        tokio::pin!(shutdown);
         loop {
-            match UnixSeqpacket::connect(&socket).await {
-                Ok(connection) => {
-                    tracing::info!(socket = %socket.display(), "connected to the istio-cni agent");
-                    if let Err(err) = self.serve(&connection).await {
-                        tracing::warn!(error = %err, "ZDS connection ended");
-                    }
-                }
-                Err(err) => {
-                    tracing::debug!(socket = %socket.display(), error = %err, "istio-cni agent not reachable yet")
-                }
+            tokio::select! {
+                () = self.connect_and_serve(&socket) => {}
+                () = &mut shutdown => break,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let proxies = std::mem::take(&mut self.proxies);
+        tracing::info!(pods = proxies.len(), ?drain, "draining pod proxies");
+        let mut draining = tokio::task::JoinSet::new();
+        for proxy in proxies.into_values() {
+            draining.spawn(proxy.drain(drain));
+        }
+        while draining.join_next().await.is_some() {}
+    }
+
+    async fn connect_and_serve(&mut self, socket: &std::path::Path) {
+        match UnixSeqpacket::connect(socket).await {
+            Ok(connection) => {
+                tracing::info!(socket = %socket.display(), "connected to the istio-cni agent");
+                if let Err(err) = self.serve(&connection).await {
+                    tracing::warn!(error = %err, "ZDS connection ended");
+                }
+            }
+            Err(err) => {
+                tracing::debug!(socket = %socket.display(), error = %err, "istio-cni agent not reachable yet")
+            }
         }
     }
 

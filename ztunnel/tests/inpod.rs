@@ -7,14 +7,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use istio_cni::rules::{self, InpodConfig};
 use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
 use mesh_core::config::file_source::FileSource;
 use mesh_core::config::{ConfigStore, parse_documents};
 use mesh_core::model::{DataPlane, translate};
-use mesh_tests::Cluster;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
+use mesh_tests::{Cluster, eventually};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use ztunnel::proxy::{ProxyState, WorkloadProxy};
@@ -196,4 +197,61 @@ fn ambient_pods_talk_over_mtls_and_policy_applies() {
     let denied = get(&cluster, "client", server);
     assert!(denied.is_err(), "DENY must win: {denied:?}");
     assert!(mesh.count("server", |s| &s.inbound_denied) >= 2);
+}
+
+#[test]
+fn draining_refuses_new_connections_and_lets_live_ones_finish() {
+    use std::io::{Read, Write};
+    let cluster = cluster();
+    cluster
+        .pod("server")
+        .serve(["tcp-echo", "--listen", "0.0.0.0:7000"])
+        .unwrap();
+    let mut mesh = Mesh::start(&cluster);
+    let server = SocketAddr::from((cluster.pod("server").ip(), 7000));
+    let client = cluster.pod("client");
+    let echo = |stream: &mut std::net::TcpStream, text: &[u8]| {
+        stream.write_all(text).unwrap();
+        let mut back = vec![0u8; text.len()];
+        stream.read_exact(&mut back).unwrap();
+        back
+    };
+    let mut live = client
+        .run(|| std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo(&mut live, b"before"), b"before");
+
+    let index = mesh
+        .proxies
+        .iter()
+        .position(|p| p.workload().name == "client")
+        .unwrap();
+    let proxy = mesh.proxies.remove(index);
+    let drained = mesh.runtime.spawn(proxy.drain(Duration::from_secs(60)));
+    let refused = eventually(
+        "the outbound listener to close",
+        Duration::from_secs(10),
+        || match client
+            .run(|| std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2)))
+            .unwrap()
+        {
+            Err(err) => Ok(err),
+            Ok(_) => Err("a new connection was still accepted"),
+        },
+    )
+    .unwrap();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        echo(&mut live, b"during drain"),
+        b"during drain",
+        "live connections keep working"
+    );
+    drop(live);
+    mesh.runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("the drain ends when the last connection does, not at its limit")
+            .unwrap();
+    });
 }

@@ -199,20 +199,20 @@ impl<H: TunnelHandler> HboneServer<H> {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) {
-        self.run_until(std::future::pending(), Duration::ZERO).await;
+        self.run_until(std::future::pending()).await;
     }
 
-    /// Accepts connections until `shutdown` completes, then drains: the listener closes,
-    /// every connection gets GOAWAY (clients open no new tunnels on it), live tunnels have
-    /// `drain` to finish, and whatever is left is then closed.
+    /// Accepts connections until `shutdown` completes with a drain time, then drains: the
+    /// listener closes, every connection gets GOAWAY (clients open no new tunnels on it),
+    /// live tunnels have the drain time to finish, and whatever is left is then closed.
     ///
     /// Each connection is served on its own task, so one bad client never holds up another.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+    pub async fn run_until(self, shutdown: impl Future<Output = Duration>) {
         let HboneServer { listener, shared } = self;
         let (stop, stopped) = watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
-        loop {
+        let drain = loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
@@ -226,9 +226,9 @@ impl<H: TunnelHandler> HboneServer<H> {
                     }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                () = &mut shutdown => break,
+                drain = &mut shutdown => break drain,
             }
-        }
+        };
         drop(listener);
         let _ = stop.send(true);
         let drained = tokio::time::timeout(drain, async {

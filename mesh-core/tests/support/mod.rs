@@ -128,12 +128,10 @@ pub async fn serve_with(
     let addr = server.local_addr().unwrap();
     let stats = server.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_until(
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::ZERO,
-    ));
+    let task = tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+        Duration::ZERO
+    }));
     TestServer {
         addr,
         identity,

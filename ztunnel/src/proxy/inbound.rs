@@ -9,6 +9,7 @@ use mesh_core::hbone::{InboundTunnel, headers};
 use mesh_core::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::accept::{DrainSignal, serve_until_drained};
 use super::{PodContext, ProxyStats};
 use crate::metrics::TcpLabels;
 
@@ -77,19 +78,12 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
     );
 }
 
-/// Accepts TPROXYed plaintext connections until the proxy stops.
-pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(serve_plaintext(pod.clone(), stream, peer));
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "inbound plaintext accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+/// Accepts TPROXYed plaintext connections until the proxy drains.
+pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, drain: DrainSignal) {
+    serve_until_drained(listener, drain, "inbound plaintext", |stream, peer| {
+        serve_plaintext(pod.clone(), stream, peer)
+    })
+    .await;
 }
 
 /// One plaintext connection: allowed only where PeerAuthentication permits, then

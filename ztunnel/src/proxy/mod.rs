@@ -11,6 +11,7 @@
 //! Every socket is created in the pod's namespace; upstream ones carry ztunnel's mark so
 //! the pod's rules let them pass.
 
+mod accept;
 mod inbound;
 mod outbound;
 pub mod route;
@@ -19,6 +20,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use mesh_core::cert::CertManager;
 use mesh_core::hbone::{
@@ -123,10 +125,12 @@ pub enum StartError {
     },
 }
 
-/// The running proxy of one pod; dropping it closes its listeners and connections.
+/// The running proxy of one pod; dropping it closes its listeners and connections at
+/// once, [`WorkloadProxy::drain`] lets connections finish first.
 pub struct WorkloadProxy {
     workload: Arc<Workload>,
     stats: Arc<ProxyStats>,
+    drain: watch::Sender<Option<Duration>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -173,15 +177,28 @@ impl WorkloadProxy {
         let handler_context = context.clone();
         let handler = move |tunnel| inbound::serve_hbone(handler_context.clone(), tunnel);
         let server = HboneServer::new(hbone, server_config, handler, ServerSettings::default());
+        let (drain, draining) = watch::channel(None);
+        let mut hbone_draining = draining.clone();
+        let hbone_drain = async move {
+            loop {
+                if let Some(limit) = *hbone_draining.borrow_and_update() {
+                    return limit;
+                }
+                if hbone_draining.changed().await.is_err() {
+                    return Duration::ZERO;
+                }
+            }
+        };
         let tasks = vec![
-            tokio::spawn(outbound::run(context.clone(), outbound)),
-            tokio::spawn(inbound::run_plaintext(context, plaintext)),
-            tokio::spawn(server.run()),
+            tokio::spawn(outbound::run(context.clone(), outbound, draining.clone())),
+            tokio::spawn(inbound::run_plaintext(context, plaintext, draining)),
+            tokio::spawn(server.run_until(hbone_drain)),
         ];
         tracing::info!(pod = %workload.name, namespace = %workload.namespace, identity = %workload.identity, "pod proxy started");
         Ok(WorkloadProxy {
             workload,
             stats,
+            drain,
             tasks,
         })
     }
@@ -194,6 +211,15 @@ impl WorkloadProxy {
     /// Its counters.
     pub fn stats(&self) -> &Arc<ProxyStats> {
         &self.stats
+    }
+
+    /// Stops accepting (listeners close, HBONE clients get GOAWAY) and lets live
+    /// connections finish for up to `limit`; returns when all are done.
+    pub async fn drain(mut self, limit: Duration) {
+        let _ = self.drain.send(Some(limit));
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use http::HeaderMap;
 use mesh_core::hbone::{ConnectRequest, headers};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::accept::{DrainSignal, serve_until_drained};
 use super::route::{Upstream, route};
 use super::{PodContext, ProxyStats};
 use crate::metrics::TcpLabels;
@@ -24,19 +25,12 @@ fn source_labels(pod: &PodContext) -> TcpLabels {
     }
 }
 
-/// Accepts redirected connections until the proxy stops.
-pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(pod.clone(), stream));
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+/// Accepts redirected connections until the proxy drains.
+pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener, drain: DrainSignal) {
+    serve_until_drained(listener, drain, "outbound", |stream, _| {
+        serve(pod.clone(), stream)
+    })
+    .await;
 }
 
 /// One connection: find where the app meant to go, route, open the upstream, copy.
