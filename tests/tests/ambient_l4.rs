@@ -19,6 +19,8 @@ fn cluster() -> Cluster {
         .pod("client")
         .namespace("shop")
         .service_account("web")
+        .pod("cache")
+        .namespace("shop")
         .node("n2")
         .pod("server")
         .namespace("shop")
@@ -119,9 +121,14 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
             .serve(["http-echo", "--listen", "0.0.0.0:8080"])
             .unwrap();
     }
+    cluster
+        .pod("cache")
+        .serve(["http-echo", "--listen", "0.0.0.0:8080"])
+        .unwrap();
+    let mut agents = Vec::new();
     let mut ztunnels = Vec::new();
     for node in ["n1", "n2"] {
-        start_agent(&cluster, node);
+        agents.push(start_agent(&cluster, node));
         ztunnels.push(start_ztunnel(&cluster, node));
     }
     let server = SocketAddr::from((cluster.pod("server").ip(), 8080));
@@ -197,7 +204,8 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
 
     // Restarting ztunnel: the agent replays its pods, traffic is mTLS again.
     ztunnels[1].stop().unwrap();
-    let ztunnel = start_ztunnel(&cluster, "n2");
+    ztunnels[1] = start_ztunnel(&cluster, "n2");
+    let ztunnel = ztunnels[1].clone();
     eventually(
         "the restarted ztunnel to serve the server pod",
         WAIT,
@@ -212,6 +220,50 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
     )
     .unwrap();
     assert_eq!(rules_in(&cluster, "client"), 4, "no rule duplicated");
+
+    // A broken file is reported and changes nothing for anyone.
+    std::fs::write(
+        cluster.config_dir().join("broken.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: [oops\n",
+    )
+    .unwrap();
+    eventually("the broken file to be reported", WAIT, || {
+        if ztunnels[0].stdout().contains("broken.yaml") {
+            Ok(())
+        } else {
+            Err("not reported yet")
+        }
+    })
+    .unwrap();
+    assert_eq!(get(&cluster, "client", server).unwrap(), "server");
+
+    // Same node: client and cache both on n1, through n1's ztunnel both ways.
+    let cache = SocketAddr::from((cluster.pod("cache").ip(), 8080));
+    let before = ztunnels[0].stdout().matches("mutual_tls").count();
+    assert_eq!(get(&cluster, "client", cache).unwrap(), "cache");
+    eventually("the same-node connection in n1's log", WAIT, || {
+        if ztunnels[0].stdout().matches("mutual_tls").count() > before {
+            Ok(())
+        } else {
+            Err("not logged yet")
+        }
+    })
+    .unwrap();
+
+    // Restarting the agent: pods stay captured, rules are not duplicated.
+    agents[0].stop().unwrap();
+    agents[0] = start_agent(&cluster, "n1");
+    eventually("the restarted agent to reconnect ztunnel", WAIT, || {
+        let log = ztunnels[0].stdout();
+        if log.matches("snapshot reconciled").count() >= 2 {
+            Ok(())
+        } else {
+            Err("no second snapshot yet")
+        }
+    })
+    .unwrap();
+    assert_eq!(rules_in(&cluster, "client"), 4, "no rule duplicated");
+    assert_eq!(get(&cluster, "client", server).unwrap(), "server");
 
     // Removing the label releases the pods: rules gone, plain traffic still flows.
     let namespace = cluster.config_dir().join("namespace-shop.yaml");
@@ -228,4 +280,21 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
     })
     .unwrap();
     assert_eq!(get(&cluster, "client", server).unwrap(), "server");
+
+    // Labeling it again captures the running pods again.
+    let mtls_before = ztunnels[1].stdout().len();
+    std::fs::write(
+        &namespace,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n",
+    )
+    .unwrap();
+    eventually("the shop pods to be captured again", WAIT, || {
+        get(&cluster, "client", server)?;
+        if ztunnels[1].stdout()[mtls_before..].contains("mutual_tls") {
+            Ok(())
+        } else {
+            Err("not via the mesh yet".to_string())
+        }
+    })
+    .unwrap();
 }
