@@ -45,6 +45,12 @@ fn zds_socket(cluster: &Cluster, node: &str) -> PathBuf {
 fn start_agent(cluster: &Cluster, node: &str) -> Arc<Process> {
     let config = cluster.config_dir().display().to_string();
     let socket = zds_socket(cluster, node).display().to_string();
+    let netns = cluster.node(node).pod_netns_dir().display().to_string();
+    let plugin = cluster
+        .work_dir()
+        .join(format!("{node}-cni.sock"))
+        .display()
+        .to_string();
     let args = [
         "--config-dir",
         &config,
@@ -52,6 +58,11 @@ fn start_agent(cluster: &Cluster, node: &str) -> Arc<Process> {
         node,
         "--zds-socket",
         &socket,
+        "--netns-dir",
+        &netns,
+        "--no-proc-scan",
+        "--plugin-socket",
+        &plugin,
     ];
     cluster
         .node(node)

@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub rules: InpodConfig,
     /// Where pods' network namespaces are looked for.
     pub netns_scope: crate::netns_finder::SearchScope,
+    /// Where the CNI plugin reports new pods' namespaces.
+    pub plugin_socket: PathBuf,
 }
 
 /// A pod the agent has captured.
@@ -81,12 +83,26 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })?;
     tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "istio-cni agent started");
 
+    if let Some(dir) = config.plugin_socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&config.plugin_socket);
+    let plugin_events =
+        tokio::net::UnixListener::bind(&config.plugin_socket).map_err(|source| {
+            AgentError::Socket {
+                path: config.plugin_socket.clone(),
+                source,
+            }
+        })?;
+
     let mut captured: BTreeMap<String, Captured> = BTreeMap::new();
+    let mut hints = NetnsHints::new();
     let mut ztunnel: Option<UnixSeqpacket> = None;
     let mut pending = reconcile(
         &config,
         &rules,
         &snapshots.borrow_and_update(),
+        &hints,
         &mut captured,
     );
     loop {
@@ -106,7 +122,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                     return Ok(());
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                pending = reconcile(&config, &rules, &snapshot, &mut captured);
+                pending = reconcile(&config, &rules, &snapshot, &hints, &mut captured);
+            }
+            accepted = plugin_events.accept() => {
+                if let Ok((stream, _)) = accepted
+                    && let Some(event) = read_plugin_event(stream).await
+                {
+                    tracing::info!(pod = %format!("{}/{}", event.pod_namespace, event.pod_name), netns = %event.netns, "CNI ADD");
+                    hints.insert((event.pod_namespace, event.pod_name), PathBuf::from(event.netns));
+                    let snapshot = snapshots.borrow().clone();
+                    pending = reconcile(&config, &rules, &snapshot, &hints, &mut captured);
+                }
             }
             accepted = listener.accept() => match accepted {
                 Ok(connection) => match send_snapshot(&connection, &captured).await {
@@ -120,6 +146,31 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             },
         }
     }
+}
+
+/// Network namespace paths the CNI plugin reported, by (namespace, pod name).
+type NetnsHints = BTreeMap<(String, String), PathBuf>;
+
+/// Reads one plugin event line and answers `ok` (or why not).
+async fn read_plugin_event(stream: tokio::net::UnixStream) -> Option<crate::plugin::PluginEvent> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let parsed = match read {
+        Ok(Ok(_)) => serde_json::from_str::<crate::plugin::PluginEvent>(line.trim())
+            .map_err(|e| e.to_string()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("timed out".to_string()),
+    };
+    let answer = match &parsed {
+        Ok(_) => "ok\n".to_string(),
+        Err(err) => format!("bad event: {err}\n"),
+    };
+    let _ = reader.get_mut().write_all(answer.as_bytes()).await;
+    parsed
+        .map_err(|err| tracing::warn!(error = %err, "bad CNI plugin event"))
+        .ok()
 }
 
 /// A change ztunnel must hear about.
@@ -197,6 +248,7 @@ fn reconcile(
     config: &AgentConfig,
     rules: &PodRules,
     snapshot: &mesh_core::config::file_source::Snapshot,
+    hints: &NetnsHints,
     captured: &mut BTreeMap<String, Captured>,
 ) -> Vec<Change> {
     let plane = translate(&snapshot.store, &config.trust_domain);
@@ -229,7 +281,11 @@ fn reconcile(
         let Some(ip) = workload.ips.first().copied() else {
             continue;
         };
-        let netns = match crate::netns_finder::find_by_ip(ip, &config.netns_scope) {
+        let found = match hints.get(&(workload.namespace.clone(), workload.name.clone())) {
+            Some(path) => File::open(path).map(Some),
+            None => crate::netns_finder::find_by_ip(ip, &config.netns_scope),
+        };
+        let netns = match found {
             Ok(Some(netns)) => netns,
             Ok(None) => {
                 tracing::warn!(pod = %uid, %ip, "no network namespace holds the pod's address yet");

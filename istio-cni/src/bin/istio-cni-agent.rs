@@ -33,6 +33,9 @@ struct Args {
     /// Do not search processes' namespaces under /proc.
     #[arg(long)]
     no_proc_scan: bool,
+    /// Where the CNI plugin reports new pods.
+    #[arg(long, default_value = istio_cni::plugin::DEFAULT_AGENT_SOCKET)]
+    plugin_socket: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         zds_socket: args.zds_socket,
         trust_domain: args.trust_domain,
         rules: istio_cni::rules::InpodConfig::default(),
+        plugin_socket: args.plugin_socket,
         netns_scope: istio_cni::netns_finder::SearchScope {
             dirs: args.netns_dirs,
             scan_proc: !args.no_proc_scan,

@@ -90,7 +90,22 @@ fn main() -> anyhow::Result<()> {
             &socket,
         ];
         let netns = node.pod_netns_dir().display().to_string();
-        let agent_args = [&common[..], &["--netns-dir", &netns, "--no-proc-scan"]].concat();
+        let plugin = cluster
+            .work_dir()
+            .join(format!("{}-cni.sock", node.name()))
+            .display()
+            .to_string();
+        let agent_args = [
+            &common[..],
+            &[
+                "--netns-dir",
+                &netns,
+                "--no-proc-scan",
+                "--plugin-socket",
+                &plugin,
+            ],
+        ]
+        .concat();
         node.spawn(workspace_binary("istio-cni-agent")?, agent_args)?;
         let ca = ca_dir.display().to_string();
         let ztunnel_args = [&common[..], &["--ca-dir", &ca]].concat();

@@ -1,0 +1,165 @@
+//! The `istio-cni` CNI plugin driven as a container runtime drives it, with the real
+//! node agent behind it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mesh_tests::apps::workspace_binary;
+use mesh_tests::{Cluster, eventually};
+
+/// Runs the plugin with `command`, CNI_ARGS for `pod`, and `conf` on stdin.
+fn invoke(command: &str, netns: &str, namespace: &str, pod: &str, conf: &str) -> (bool, String) {
+    let mut child = Command::new(workspace_binary("istio-cni").unwrap())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", "c0ffee")
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+fn conf(agent_socket: &str, log: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "istio-cni",
+        "log_file": log,
+        "agent_socket": agent_socket,
+        "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "ips": [{"address": "10.244.1.2/32"}]}
+    })
+    .to_string()
+}
+
+#[test]
+fn add_hands_the_pod_namespace_to_the_agent_and_passes_the_result_through() {
+    let cluster = Cluster::builder()
+        .node("n1")
+        .pod("fresh")
+        .namespace("shop")
+        .pod("outsider")
+        .namespace("legacy")
+        .namespace_labels("shop", [("istio.io/dataplane-mode", "ambient")])
+        .build()
+        .unwrap();
+    // The agent cannot find pods by itself here (empty search dir, no /proc scan): only the
+    // plugin's ADD can tell it where the pod's namespace is.
+    let empty = cluster.work_dir().join("no-netns");
+    std::fs::create_dir_all(&empty).unwrap();
+    let plugin_socket = cluster.work_dir().join("cni.sock").display().to_string();
+    let zds = cluster.work_dir().join("zds.sock").display().to_string();
+    let config = cluster.config_dir().display().to_string();
+    let empty = empty.display().to_string();
+    let agent = cluster
+        .node("n1")
+        .spawn(
+            workspace_binary("istio-cni-agent").unwrap(),
+            [
+                "--config-dir",
+                &config,
+                "--node-name",
+                "n1",
+                "--zds-socket",
+                &zds,
+                "--netns-dir",
+                &empty,
+                "--no-proc-scan",
+                "--plugin-socket",
+                &plugin_socket,
+            ],
+        )
+        .unwrap();
+    eventually("the agent's plugin socket", Duration::from_secs(10), || {
+        if std::path::Path::new(&plugin_socket).exists() {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .unwrap();
+    let log = cluster.work_dir().join("cni.log").display().to_string();
+    let rules = |pod: &str| {
+        let out = cluster
+            .pod(pod)
+            .exec("iptables-nft-save", ["-t", "nat"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .matches("ISTIO_OUTPUT")
+            .count()
+    };
+    assert_eq!(rules("fresh"), 0, "not captured before the ADD");
+
+    let netns = cluster.pod("fresh").netns().path().display().to_string();
+    let (ok, stdout) = invoke("ADD", &netns, "shop", "fresh", &conf(&plugin_socket, &log));
+    assert!(ok, "ADD failed: {stdout}\n{}", agent.logs());
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        result["ips"][0]["address"], "10.244.1.2/32",
+        "prevResult passed through"
+    );
+    eventually(
+        "the ambient pod to be captured",
+        Duration::from_secs(10),
+        || match rules("fresh") {
+            0 => Err("no rules yet".to_string()),
+            _ => Ok(()),
+        },
+    )
+    .unwrap();
+
+    // A pod outside the mesh, with the agent unreachable: the ADD still succeeds.
+    let outsider = cluster.pod("outsider").netns().path().display().to_string();
+    let (ok, stdout) = invoke(
+        "ADD",
+        &outsider,
+        "legacy",
+        "outsider",
+        &conf("/nonexistent/agent.sock", &log),
+    );
+    assert!(ok, "{stdout}");
+    assert_eq!(rules("outsider"), 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("legacy/outsider: agent not reachable"),
+        "{logged}"
+    );
+
+    // DEL, CHECK and VERSION as the runtime calls them.
+    assert!(invoke("DEL", &netns, "shop", "fresh", &conf(&plugin_socket, &log)).0);
+    assert!(
+        invoke(
+            "CHECK",
+            &netns,
+            "shop",
+            "fresh",
+            &conf(&plugin_socket, &log)
+        )
+        .0
+    );
+    let (ok, version) = invoke("VERSION", "", "", "", r#"{"cniVersion":"1.0.0"}"#);
+    assert!(ok && version.contains("supportedVersions"), "{version}");
+
+    // Bad input: a CNI error on stdout, naming what is wrong, and a failure exit.
+    let (ok, error) = invoke("ADD", &netns, "shop", "fresh", "{not json");
+    assert!(!ok);
+    let error: serde_json::Value = serde_json::from_str(error.trim()).unwrap();
+    assert_eq!(error["code"], 6);
+}
