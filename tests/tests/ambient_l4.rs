@@ -207,6 +207,50 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
         )
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
+
+    // The admin endpoint, on the node's loopback: what is served, and the log level.
+    let dump = cluster
+        .node("n2")
+        .exec(
+            "curl",
+            [
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:15000/config_dump",
+            ],
+        )
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    assert_eq!(dump["pods"], serde_json::json!(["shop/server"]));
+    assert!(
+        dump["certificates"]
+            .to_string()
+            .contains("spiffe://cluster.local/ns/shop/sa/server"),
+        "{dump}"
+    );
+    let set = |level: &str| {
+        let url = format!("http://127.0.0.1:15000/logging?level={level}");
+        let out = cluster
+            .node("n2")
+            .exec(
+                "curl",
+                [
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-X",
+                    "POST",
+                    &url,
+                ],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(set("info,ztunnel=debug"), "200");
+    assert_eq!(set("info,=%5B"), "400", "a bad filter is refused");
     assert_eq!(
         get(&cluster, "legacy", server).unwrap(),
         "server",

@@ -15,7 +15,7 @@ use crate::proxy::ProxyState;
 use crate::zds_client::Enrolled;
 
 /// Everything ztunnel needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Directory of Kubernetes YAML (the file config source).
     pub config_dir: PathBuf,
@@ -33,6 +33,10 @@ pub struct Config {
     pub endpoints: crate::http_endpoints::Endpoints,
     /// How long live connections may take to finish once shutdown starts.
     pub drain_timeout: Duration,
+    /// The admin endpoint (loopback only).
+    pub admin_addr: std::net::SocketAddr,
+    /// Changes the log filter at runtime (from the admin endpoint).
+    pub set_log_level: crate::admin::SetLogLevel,
 }
 
 /// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
@@ -71,7 +75,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics,
     });
     tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "ztunnel started");
-    Enrolled::new(state)
+    let pods = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let admin = Arc::new(crate::admin::Admin {
+        state: state.clone(),
+        pods: pods.clone(),
+        set_log_level: config.set_log_level.clone(),
+    });
+    let admin = crate::admin::serve(config.admin_addr, admin)
+        .await
+        .with_context(|| format!("binding the admin endpoint {}", config.admin_addr))?;
+    tokio::spawn(admin);
+    Enrolled::new(state, pods)
         .run(config.zds_socket.clone(), shutdown, config.drain_timeout)
         .await;
     tracing::info!("ztunnel stopped");

@@ -6,6 +6,7 @@
 //! are authorized and handed to the app, counted in [`metrics`] (served by
 //! [`http_endpoints`]). [`app`] wires them to the configuration.
 
+pub mod admin;
 pub mod app;
 pub mod http_endpoints;
 pub mod metrics;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Command line of the node proxy.
 #[derive(Parser)]
@@ -37,6 +39,9 @@ struct Args {
     /// Where the kubelet probes `/healthz/ready`.
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: std::net::SocketAddr,
+    /// The admin endpoint (config dump, log level); loopback only.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: std::net::SocketAddr,
     /// Seconds live connections may take to finish after SIGTERM (keep it below the
     /// pod's terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 20)]
@@ -45,13 +50,19 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    let format = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
         .init();
+    let set_log_level: ztunnel::admin::SetLogLevel = std::sync::Arc::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        reload.reload(filter).map_err(|e| e.to_string())
+    });
     let config = ztunnel::app::Config {
         config_dir: args.config_dir,
         node_name: args.node_name,
@@ -60,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         mark: 0x539,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_seconds),
+        admin_addr: args.admin_addr,
+        set_log_level,
         endpoints: ztunnel::http_endpoints::Endpoints {
             metrics: args.metrics_addr,
             readiness: args.readiness_addr,

@@ -24,14 +24,16 @@ const WORKLOAD_WAIT: Duration = Duration::from_secs(5);
 pub struct Enrolled {
     state: Arc<ProxyState>,
     proxies: BTreeMap<String, WorkloadProxy>,
+    view: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Enrolled {
-    /// No pods yet.
-    pub fn new(state: Arc<ProxyState>) -> Self {
+    /// No pods yet; `view` is kept equal to [`Enrolled::pods`] for the admin endpoint.
+    pub fn new(state: Arc<ProxyState>, view: Arc<std::sync::Mutex<Vec<String>>>) -> Self {
         Enrolled {
             state,
             proxies: BTreeMap::new(),
+            view,
         }
     }
 
@@ -130,6 +132,9 @@ impl Enrolled {
             };
             if let Err(error) = &outcome {
                 tracing::warn!(%error, "ZDS request refused");
+            }
+            if let Ok(mut view) = self.view.lock() {
+                *view = self.pods();
             }
             zds::send(connection, &zds::ack(outcome), None).await?;
         }

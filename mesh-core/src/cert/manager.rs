@@ -116,6 +116,21 @@ impl CertManager {
         }
     }
 
+    /// Every identity held, with its current certificate if one is in service: for the
+    /// admin endpoint.
+    pub fn snapshot(&self) -> Vec<(Identity, Option<Arc<WorkloadCert>>)> {
+        self.lock()
+            .iter()
+            .map(|(identity, entry)| {
+                let cert = match &*entry.slot.borrow() {
+                    Slot::Ready(cert) => Some(cert.clone()),
+                    _ => None,
+                };
+                (identity.clone(), cert)
+            })
+            .collect()
+    }
+
     /// Stops maintaining `identity` (its last workload left this node).
     pub fn forget(&self, identity: &Identity) {
         if let Some(entry) = self.lock().remove(identity) {

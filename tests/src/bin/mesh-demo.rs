@@ -189,7 +189,8 @@ fn main() -> anyhow::Result<()> {
     for line in log.lines().filter(|l| l.contains("mutual_tls")).take(2) {
         println!("  {}", line.trim());
     }
-    println!("\nNot yet: the admin endpoint on :15000, the CNI plugin binary, the waypoint (L7).");
+    println!("\nAlso on each node: readiness on :15021, admin on 127.0.0.1:15000 (/config_dump).");
+    println!("Not yet: the Kubernetes API source, the waypoint (L7).");
     if args.hold {
         println!("Holding the cluster; press Ctrl-C to remove it.");
         loop {
