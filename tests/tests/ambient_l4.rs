@@ -91,12 +91,16 @@ fn start_ztunnel(cluster: &Cluster, node: &str) -> Arc<Process> {
 }
 
 fn get(cluster: &Cluster, from: &str, to: SocketAddr) -> Result<String, String> {
+    get_path(cluster, from, to, "/")
+}
+
+fn get_path(cluster: &Cluster, from: &str, to: SocketAddr, path: &str) -> Result<String, String> {
     cluster
         .pod(from)
         .block_on(|| async move {
             match tokio::time::timeout(
                 Duration::from_secs(3),
-                http_echo::get(to, "/", HttpVersion::Http1, &[]),
+                http_echo::get(to, path, HttpVersion::Http1, &[]),
             )
             .await
             {
@@ -256,6 +260,145 @@ fn labeling_a_namespace_ambient_makes_its_traffic_mutual_tls() {
         "server",
         "plaintext in, under PERMISSIVE"
     );
+
+    // On the wire between the nodes: TLS to 15008 only; the request never appears in clear.
+    let capture = cluster.work_dir().join("underlay.pcap");
+    let capture_arg = capture.display().to_string();
+    let tcpdump = cluster
+        .node("n1")
+        .spawn(
+            "tcpdump",
+            [
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-w",
+                &capture_arg,
+                "tcp",
+            ],
+        )
+        .unwrap();
+    eventually("tcpdump to start", WAIT, || {
+        if capture.exists() {
+            Ok(())
+        } else {
+            Err("no capture file yet")
+        }
+    })
+    .unwrap();
+    eventually("tcpdump to listen", WAIT, || {
+        if tcpdump.stderr().contains("listening on") {
+            Ok(())
+        } else {
+            Err("not listening yet")
+        }
+    })
+    .unwrap();
+    let marker = "/secret-model-weights-7f3a";
+    assert_eq!(
+        get_path(&cluster, "client", server, marker).unwrap(),
+        "server"
+    );
+    // Wait until the capture holds packets and has stopped growing: the whole exchange.
+    let size = || std::fs::metadata(&capture).map(|m| m.len()).unwrap_or(0);
+    eventually("the capture to settle", WAIT, || {
+        let before = size();
+        std::thread::sleep(Duration::from_millis(200));
+        if before > 24 && size() == before {
+            Ok(())
+        } else {
+            Err("still growing or empty")
+        }
+    })
+    .unwrap();
+    tcpdump.stop().unwrap();
+    let pcap = std::fs::read(&capture).unwrap();
+    assert!(
+        !pcap.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the request crossed the underlay in clear"
+    );
+    let packets = |filter: &str| {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-nn", "-r", &capture_arg, filter])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        packets("tcp port 15008") > 0,
+        "no tunnel traffic on 15008 captured ({} bytes, {} tcp packets; tcpdump said {})",
+        pcap.len(),
+        packets("tcp"),
+        tcpdump.stderr()
+    );
+    assert_eq!(
+        packets("tcp port 8080"),
+        0,
+        "no plaintext pod-to-pod HTTP between the nodes"
+    );
+
+    // Policy files take effect without restarting anything.
+    let policy = cluster.config_dir().join("policy.yaml");
+    let write_policy = |yaml: &str| std::fs::write(&policy, yaml).unwrap();
+    let header = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n";
+    // ALLOW by principal admits web (client) and refuses default (cache).
+    write_policy(&format!(
+        "{header}  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]\n"
+    ));
+    eventually("ALLOW web only", WAIT, || {
+        match (
+            get(&cluster, "client", server),
+            get(&cluster, "cache", server),
+        ) {
+            (Ok(_), Err(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    // DENY by namespace wins over that ALLOW.
+    write_policy(&format!(
+        "{header}  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]\n---\n{}",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-shop, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {namespaces: [shop]}}]\n"
+    ));
+    eventually("DENY to win", WAIT, || {
+        match get(&cluster, "client", server) {
+            Err(_) => Ok(()),
+            Ok(pod) => Err(format!("still answered by {pod}")),
+        }
+    })
+    .unwrap();
+    // A namespace deny-all blocks everything, plaintext included.
+    write_policy(&format!("{header}  {{}}\n").replace("spec:\n  {}", "spec: {}"));
+    eventually("deny-all", WAIT, || {
+        match (
+            get(&cluster, "client", server),
+            get(&cluster, "legacy", server),
+        ) {
+            (Err(_), Err(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    // STRICT refuses plaintext while mTLS flows.
+    write_policy(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    eventually("STRICT", WAIT, || {
+        match (
+            get(&cluster, "legacy", server),
+            get(&cluster, "client", server),
+        ) {
+            (Err(_), Ok(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    std::fs::remove_file(&policy).unwrap();
+    eventually("policies gone", WAIT, || {
+        get(&cluster, "legacy", server).map(drop)
+    })
+    .unwrap();
 
     // Restarting ztunnel: the agent replays its pods, traffic is mTLS again.
     ztunnels[1].stop().unwrap();
