@@ -15,6 +15,7 @@ use crate::metrics::TcpLabels;
 
 /// One HBONE tunnel: check it targets this pod, authorize, dial the app, answer, copy.
 pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
+    let started = std::time::Instant::now();
     let target = tunnel.target();
     if !pod.workload.ips.contains(&target.ip()) {
         tracing::warn!(%target, pod = %pod.workload.name, "tunnel for another workload");
@@ -74,7 +75,8 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
     tracing::info!(
         direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity,
         dst_identity = %pod.workload.identity, connection_security_policy = "mutual_tls",
-        bytes_received = copied.0, bytes_sent = copied.1, "connection complete"
+        bytes_received = copied.0, bytes_sent = copied.1,
+        duration_ms = started.elapsed().as_millis() as u64, "connection complete"
     );
 }
 
@@ -89,6 +91,7 @@ pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, d
 /// One plaintext connection: allowed only where PeerAuthentication permits, then
 /// authorized without an identity.
 async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAddr) {
+    let started = std::time::Instant::now();
     let Ok(target) = downstream.local_addr() else {
         return;
     };
@@ -132,7 +135,8 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
     pod.state.metrics.closed(&labels, copied.0, copied.1);
     tracing::info!(
         direction = "inbound", src = %peer, dst = %target, connection_security_policy = "none",
-        bytes_received = copied.0, bytes_sent = copied.1, "connection complete"
+        bytes_received = copied.0, bytes_sent = copied.1,
+        duration_ms = started.elapsed().as_millis() as u64, "connection complete"
     );
 }
 
