@@ -18,11 +18,12 @@ fn ca() -> Arc<LocalCa> {
 
 #[tokio::test]
 async fn a_16_mib_payload_round_trips_intact() {
-    let ca = ca();
-    let certs = certs(ca.clone());
-    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
-    let app = echo_app().await;
-    let client = client(certs);
+    let Fixture {
+        server,
+        app,
+        client,
+        ..
+    } = Fixture::start().await;
     let mut tunnel = client
         .connect(request(&id("shop", "web"), &server, app))
         .await
@@ -46,11 +47,12 @@ async fn a_16_mib_payload_round_trips_intact() {
 
 #[tokio::test]
 async fn ten_thousand_messages_echo_in_order() {
-    let ca = ca();
-    let certs = certs(ca.clone());
-    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
-    let app = echo_app().await;
-    let client = client(certs);
+    let Fixture {
+        server,
+        app,
+        client,
+        ..
+    } = Fixture::start().await;
     let mut tunnel = client
         .connect(request(&id("shop", "web"), &server, app))
         .await

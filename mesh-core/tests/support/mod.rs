@@ -175,3 +175,30 @@ pub async fn echo_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The usual setup: a CA, a certificate manager, an HBONE server for `shop/server` in
+/// front of an echo app, and a client sharing the manager.
+pub struct Fixture {
+    pub ca: Arc<LocalCa>,
+    pub certs: Arc<CertManager>,
+    pub server: TestServer,
+    pub app: SocketAddr,
+    pub client: HboneClient,
+}
+
+impl Fixture {
+    pub async fn start() -> Fixture {
+        let ca = Arc::new(LocalCa::generate(TRUST_DOMAIN).unwrap());
+        let certs = certs(ca.clone());
+        let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+        let app = echo_app().await;
+        let client = client(certs.clone());
+        Fixture {
+            ca,
+            certs,
+            server,
+            app,
+            client,
+        }
+    }
+}
