@@ -165,7 +165,14 @@ fn ambient_pods_talk_over_mtls_and_policy_applies() {
     let legacy = SocketAddr::from((cluster.pod("legacy").ip(), 8080));
 
     // Across nodes, by pod IP and by service VIP: through both proxies, over HBONE.
-    assert_eq!(get(&cluster, "client", server).unwrap().pod, "server");
+    let reply = get(&cluster, "client", server).unwrap();
+    assert_eq!(reply.pod, "server");
+    let peer: SocketAddr = reply.peer.parse().unwrap();
+    assert_eq!(
+        peer.ip(),
+        cluster.pod("client").ip(),
+        "the app sees the original client address"
+    );
     assert_eq!(get(&cluster, "client", vip).unwrap().pod, "server");
     assert_eq!(mesh.count("client", |s| &s.outbound_hbone), 2);
     assert_eq!(mesh.count("server", |s| &s.inbound_hbone), 2);
@@ -175,7 +182,14 @@ fn ambient_pods_talk_over_mtls_and_policy_applies() {
     assert_eq!(mesh.count("client", |s| &s.outbound_passthrough), 1);
 
     // From outside the mesh: plaintext inbound, allowed under the default PERMISSIVE.
-    assert_eq!(get(&cluster, "legacy", server).unwrap().pod, "server");
+    let reply = get(&cluster, "legacy", server).unwrap();
+    assert_eq!(reply.pod, "server");
+    let peer: SocketAddr = reply.peer.parse().unwrap();
+    assert_eq!(
+        peer.ip(),
+        cluster.pod("legacy").ip(),
+        "plaintext keeps the client address too"
+    );
     assert_eq!(mesh.count("server", |s| &s.inbound_plaintext), 1);
 
     // STRICT refuses plaintext, still admits mTLS.

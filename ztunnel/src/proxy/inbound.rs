@@ -40,7 +40,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         tracing::info!(direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity, ?decision, "connection denied");
         return tunnel.reject(StatusCode::UNAUTHORIZED);
     }
-    let mut upstream = match dial_app(&pod, target).await {
+    let mut upstream = match dial_app(&pod, src_ip, target).await {
         Ok(upstream) => upstream,
         Err(err) => {
             tracing::info!(direction = "inbound", dst = %target, error = %err, "application unreachable");
@@ -115,7 +115,7 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
         tracing::info!(direction = "inbound", src = %peer, dst = %target, ?decision, "connection denied");
         return;
     }
-    let Ok(mut upstream) = dial_app(&pod, target).await else {
+    let Ok(mut upstream) = dial_app(&pod, peer.ip(), target).await else {
         return;
     };
     ProxyStats::bump(&pod.stats.inbound_plaintext);
@@ -154,6 +154,14 @@ fn destination_labels(pod: &PodContext) -> TcpLabels {
 }
 
 /// Connects to the application inside the pod, marked so the rules let it through.
-async fn dial_app(pod: &PodContext, target: SocketAddr) -> std::io::Result<TcpStream> {
-    mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, None, target).await
+///
+/// The connection comes from the original client's address (a transparent bind), so the
+/// app sees who called it; the pod's rules route the replies back to ztunnel.
+async fn dial_app(
+    pod: &PodContext,
+    src: std::net::IpAddr,
+    target: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let from = SocketAddr::new(src, 0);
+    mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, Some(from), target).await
 }
