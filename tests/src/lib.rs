@@ -27,6 +27,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod error;
 pub mod eventually;
+pub mod kube_control_plane;
 pub mod kube_yaml;
 pub mod netns;
 pub mod process;
