@@ -31,6 +31,7 @@ pub mod kube_control_plane;
 pub mod kube_yaml;
 pub mod netns;
 pub mod process;
+pub mod topology;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, Pod};
 pub use error::HarnessError;

@@ -14,25 +14,7 @@ use mesh_tests::{Cluster, Process, eventually};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn cluster() -> Cluster {
-    Cluster::builder()
-        .node("n1")
-        .pod("client")
-        .namespace("shop")
-        .service_account("web")
-        .pod("cache")
-        .namespace("shop")
-        .node("n2")
-        .pod("server")
-        .namespace("shop")
-        .service_account("server")
-        .labels([("app", "server")])
-        .pod("legacy")
-        .namespace("legacy")
-        .service("server")
-        .namespace("shop")
-        .selector([("app", "server")])
-        .port(80, 8080)
-        .namespace_labels("shop", [("istio.io/dataplane-mode", "ambient")])
+    mesh_tests::topology::shop()
         .build()
         .expect("building the cluster")
 }

@@ -23,23 +23,7 @@ use ztunnel::proxy::{ProxyState, WorkloadProxy};
 const TRUST_DOMAIN: &str = "cluster.local";
 
 fn cluster() -> Cluster {
-    Cluster::builder()
-        .node("n1")
-        .pod("client")
-        .namespace("shop")
-        .service_account("web")
-        .node("n2")
-        .pod("server")
-        .namespace("shop")
-        .service_account("server")
-        .labels([("app", "server")])
-        .pod("legacy")
-        .namespace("legacy")
-        .service("server")
-        .namespace("shop")
-        .selector([("app", "server")])
-        .port(80, 8080)
-        .namespace_labels("shop", [("istio.io/dataplane-mode", "ambient")])
+    mesh_tests::topology::shop()
         .build()
         .expect("building the cluster")
 }
