@@ -211,20 +211,53 @@ impl ControlPlane {
 
     /// GETs `path` with `token`; returns the HTTP status and body (via curl).
     pub fn get(&self, token: &str, path: &str) -> Result<(u16, String)> {
-        let output = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "--cacert"])
+        self.request(token, "GET", path, None)
+    }
+
+    /// Sends `method path` with `token` and an optional JSON body; returns the HTTP status
+    /// and body (via curl, a client from another stack).
+    pub fn request(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", "-X", method, "--cacert"])
             .arg(&self.ca_file)
             .args([
                 "-H",
                 &format!("Authorization: Bearer {token}"),
                 "-w",
                 "\n%{http_code}",
-            ])
+            ]);
+        if let Some(json) = json {
+            curl.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                json,
+            ]);
+        }
+        let output = curl
             .arg(format!("{}{path}", self.url))
             .output()
             .map_err(|err| HarnessError::io("running curl", err))?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+    }
+
+    /// Writes a kubeconfig for `token` to `path`, as a component would be given one.
+    pub fn write_kubeconfig(&self, path: &Path, token: &str) -> Result<()> {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: test\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+             current-context: test\n",
+            self.url,
+            self.ca_file.display()
+        );
+        write(path, &kubeconfig)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod file_source;
 pub mod istio;
+pub mod kube_source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -256,7 +257,7 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Parsed, ConfigError> {
 
 /// Namespaced objects written without `metadata.namespace` belong to `default`, as with
 /// `kubectl apply`.
-fn with_default_namespace(mut object: ConfigObject) -> ConfigObject {
+pub(crate) fn with_default_namespace(mut object: ConfigObject) -> ConfigObject {
     let meta = match &mut object {
         ConfigObject::Namespace(_) | ConfigObject::Node(_) => return object,
         ConfigObject::Pod(o) => &mut o.metadata,

@@ -1,0 +1,297 @@
+//! The Kubernetes API config source: reflectors over the kinds the mesh reads, feeding the
+//! same [`ConfigStore`] (and the same [`Snapshot`]s) as the file source.
+//!
+//! Each kind has a watcher (list, then watch; relist with backoff after any error). A
+//! relist replaces that kind's objects once complete, so objects deleted while the
+//! connection was down disappear, and the last known state keeps serving meanwhile. The
+//! Istio security kinds are read as dynamic objects and parsed into the same strict types
+//! as files; one that does not parse is reported and left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+
+use super::file_source::Snapshot;
+use super::{ConfigError, ConfigObject, ConfigStore, ObjectKey};
+
+/// Why a Kubernetes client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No in-cluster or default configuration was found.
+    #[error("no Kubernetes configuration: {0}")]
+    Infer(String),
+    /// The client could not be built.
+    #[error("Kubernetes client: {0}")]
+    Client(String),
+}
+
+/// A client from `kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` if `None`.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, KubeSourceError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let fail = |reason: String| KubeSourceError::Kubeconfig {
+                path: path.display().to_string(),
+                reason,
+            };
+            let file =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeSourceError::Infer(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| KubeSourceError::Client(e.to_string()))
+}
+
+/// Shared state of the watchers: the store, and per-kind relists in progress.
+#[derive(Default)]
+struct State {
+    store: ConfigStore,
+    relisting: BTreeMap<&'static str, BTreeSet<ObjectKey>>,
+    errors: BTreeMap<ObjectKey, ConfigError>,
+}
+
+/// Watches the API server and publishes a new snapshot after every change (coalesced
+/// over `settle`). Must run inside a Tokio runtime; watchers stop when every receiver is
+/// dropped.
+pub fn watch(client: kube::Client, settle: Duration) -> watch::Receiver<Arc<Snapshot>> {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+
+    spawn_typed::<core::Namespace>(
+        &client,
+        state.clone(),
+        changed.clone(),
+        "Namespace",
+        ConfigObject::Namespace,
+    );
+    spawn_typed::<core::Node>(
+        &client,
+        state.clone(),
+        changed.clone(),
+        "Node",
+        ConfigObject::Node,
+    );
+    spawn_typed::<core::Pod>(
+        &client,
+        state.clone(),
+        changed.clone(),
+        "Pod",
+        ConfigObject::Pod,
+    );
+    spawn_typed::<core::Service>(
+        &client,
+        state.clone(),
+        changed.clone(),
+        "Service",
+        ConfigObject::Service,
+    );
+    spawn_typed::<core::ServiceAccount>(
+        &client,
+        state.clone(),
+        changed.clone(),
+        "ServiceAccount",
+        ConfigObject::ServiceAccount,
+    );
+    for kind in ["AuthorizationPolicy", "PeerAuthentication"] {
+        spawn_istio(&client, state.clone(), changed.clone(), kind);
+    }
+
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            tokio::time::sleep(settle).await;
+            while changes.try_recv().is_ok() {}
+            let snapshot = {
+                let state = state.lock().unwrap_or_else(|p| p.into_inner());
+                Snapshot {
+                    store: state.store.clone(),
+                    errors: state.errors.values().cloned().collect(),
+                }
+            };
+            if publish.send(Arc::new(snapshot)).is_err() {
+                return;
+            }
+        }
+    });
+    snapshots
+}
+
+/// Applies one watcher event of `kind` to the state.
+fn apply(
+    state: &Mutex<State>,
+    kind: &'static str,
+    event: Event<Result<ConfigObject, ConfigError>>,
+) {
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    let put = |state: &mut State, object: Result<ConfigObject, ConfigError>| match object {
+        Ok(object) => {
+            let key = object.key();
+            state.errors.remove(&key);
+            if let Some(seen) = state.relisting.get_mut(kind) {
+                seen.insert(key);
+            }
+            state.store.insert(object);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Kubernetes object rejected");
+            let key = ObjectKey {
+                kind,
+                namespace: String::new(),
+                name: error.file.display().to_string(),
+            };
+            state.errors.insert(key, error);
+        }
+    };
+    match event {
+        Event::Apply(object) | Event::InitApply(object) => put(&mut state, object),
+        Event::Delete(object) => {
+            if let Ok(object) = object {
+                state.store.remove(&object.key());
+            }
+        }
+        Event::Init => {
+            state.relisting.insert(kind, BTreeSet::new());
+        }
+        Event::InitDone => {
+            let seen = state.relisting.remove(kind).unwrap_or_default();
+            let stale: Vec<ObjectKey> = state
+                .store
+                .objects()
+                .map(ConfigObject::key)
+                .filter(|k| k.kind == kind && !seen.contains(k))
+                .collect();
+            for key in stale {
+                state.store.remove(&key);
+            }
+        }
+    }
+}
+
+fn spawn_typed<K>(
+    client: &kube::Client,
+    state: Arc<Mutex<State>>,
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+    kind: &'static str,
+    wrap: fn(K) -> ConfigObject,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    tokio::spawn(async move {
+        let mut events = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    apply(
+                        &state,
+                        kind,
+                        map_event(event, |object| {
+                            Ok(super::with_default_namespace(wrap(object)))
+                        }),
+                    );
+                    if changed.send(()).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => tracing::warn!(kind, error = %err, "Kubernetes watch failed; retrying"),
+            }
+        }
+    });
+}
+
+fn spawn_istio(
+    client: &kube::Client,
+    state: Arc<Mutex<State>>,
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+    kind: &'static str,
+) {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind));
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    tokio::spawn(async move {
+        let mut events = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    apply(
+                        &state,
+                        kind,
+                        map_event(event, |object| parse_istio(kind, object)),
+                    );
+                    if changed.send(()).is_err() {
+                        return;
+                    }
+                }
+                // Until the CRD is installed this fails; that is not worth more than debug.
+                Err(err) => {
+                    tracing::debug!(kind, error = %err, "Istio resource watch failed; retrying")
+                }
+            }
+        }
+    });
+}
+
+fn map_event<K, T>(event: Event<K>, convert: impl Fn(K) -> T) -> Event<T> {
+    match event {
+        Event::Apply(object) => Event::Apply(convert(object)),
+        Event::Delete(object) => Event::Delete(convert(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(convert(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// A dynamic Istio object through the same strict types as files.
+fn parse_istio(kind: &'static str, object: DynamicObject) -> Result<ConfigObject, ConfigError> {
+    let name = format!(
+        "{kind} {}/{}",
+        object.metadata.namespace.as_deref().unwrap_or("default"),
+        object.metadata.name.as_deref().unwrap_or("")
+    );
+    let fail = |reason: String| ConfigError {
+        file: name.clone().into(),
+        document: 1,
+        reason,
+    };
+    let mut value = serde_json::to_value(&object).map_err(|e| fail(e.to_string()))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), "security.istio.io/v1".into());
+        map.insert("kind".into(), kind.into());
+    }
+    let object = match kind {
+        "AuthorizationPolicy" => ConfigObject::AuthorizationPolicy(
+            serde_json::from_value(value).map_err(|e| fail(e.to_string()))?,
+        ),
+        _ => ConfigObject::PeerAuthentication(
+            serde_json::from_value(value).map_err(|e| fail(e.to_string()))?,
+        ),
+    };
+    Ok(super::with_default_namespace(object))
+}
