@@ -28,15 +28,18 @@ fn run_by_hand_each_says_what_is_missing() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("CNI_COMMAND is not set"));
 
-    let output = Command::new(AGENT)
-        .env_remove("NODE_NAME")
-        .env_remove("MESH_CONFIG_DIR")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--config-dir") && stderr.contains("--node-name"),
-        "{stderr}"
-    );
+    for (args, missing) in [
+        (&[][..], "--node-name"),
+        (&["--node-name", "n1"][..], "--config-dir"),
+    ] {
+        let output = Command::new(AGENT)
+            .args(args)
+            .env_remove("NODE_NAME")
+            .env_remove("MESH_CONFIG_DIR")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(missing), "{stderr}");
+    }
 }

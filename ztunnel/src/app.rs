@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
-use mesh_core::config::file_source::FileSource;
 use mesh_core::model::translate;
 use tokio::sync::watch;
 
@@ -17,8 +16,8 @@ use crate::zds_client::Enrolled;
 /// Everything ztunnel needs to start.
 #[derive(Clone)]
 pub struct Config {
-    /// Directory of Kubernetes YAML (the file config source).
-    pub config_dir: PathBuf,
+    /// Where the configuration comes from.
+    pub source: mesh_core::config::Source,
     /// This node's name (pods of other nodes are never served here).
     pub node_name: String,
     /// The istio-cni agent's ZDS socket.
@@ -42,9 +41,9 @@ pub struct Config {
 /// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     mesh_core::tls::install_process_provider();
-    let snapshots = FileSource::new(&config.config_dir)
-        .watch(Duration::from_millis(100))
-        .with_context(|| format!("watching {}", config.config_dir.display()))?;
+    let snapshots = mesh_core::config::watch(&config.source, Duration::from_millis(100))
+        .await
+        .with_context(|| format!("starting the config source {:?}", config.source))?;
     let first = snapshots.borrow().clone();
     for error in &first.errors {
         tracing::warn!(%error, "config error");

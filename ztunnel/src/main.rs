@@ -18,9 +18,15 @@ use tracing_subscriber::util::SubscriberInitExt;
         AuthorizationPolicy and PeerAuthentication."
 )]
 struct Args {
-    /// Directory of Kubernetes YAML to read and watch (the file config source).
+    /// Where the configuration comes from: `file` (a directory of YAML) or `kubernetes`.
+    #[arg(long, value_parser = ["file", "kubernetes"], default_value = "file")]
+    config_source: String,
+    /// Directory of Kubernetes YAML to read and watch (with `--config-source file`).
     #[arg(long, env = "MESH_CONFIG_DIR")]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
+    /// kubeconfig (with `--config-source kubernetes`; default: in-cluster, then $KUBECONFIG).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// This node's name.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -64,7 +70,11 @@ fn main() -> anyhow::Result<()> {
         reload.reload(filter).map_err(|e| e.to_string())
     });
     let config = ztunnel::app::Config {
-        config_dir: args.config_dir,
+        source: match (args.config_source.as_str(), args.config_dir) {
+            ("file", Some(dir)) => mesh_core::config::Source::Files(dir),
+            ("file", None) => anyhow::bail!("--config-dir is required with --config-source file"),
+            _ => mesh_core::config::Source::Kubernetes(args.kubeconfig),
+        },
         node_name: args.node_name,
         zds_socket: args.zds_socket,
         ca_dir: args.ca_dir,

@@ -17,15 +17,18 @@ fn help_says_what_it_is() {
 
 #[test]
 fn missing_settings_are_named() {
-    let output = Command::new(BINARY)
-        .env_remove("NODE_NAME")
-        .env_remove("MESH_CONFIG_DIR")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--config-dir") && stderr.contains("--node-name"),
-        "{stderr}"
-    );
+    for (args, missing) in [
+        (&[][..], "--node-name"),
+        (&["--node-name", "n1"][..], "--config-dir"),
+    ] {
+        let output = Command::new(BINARY)
+            .args(args)
+            .env_remove("NODE_NAME")
+            .env_remove("MESH_CONFIG_DIR")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(missing), "{stderr}");
+    }
 }

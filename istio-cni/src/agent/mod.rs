@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::config::file_source::FileSource;
 use mesh_core::model::{Workload, translate};
 use mesh_core::zds::{self, WorkloadResponse, ZdsError, ZdsHello, requests};
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
@@ -22,8 +21,8 @@ use crate::rules::{self, InpodConfig, PodRules};
 /// Everything the agent needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Directory of Kubernetes YAML (the file config source).
-    pub config_dir: PathBuf,
+    /// Where the configuration comes from.
+    pub source: mesh_core::config::Source,
     /// This node's name.
     pub node_name: String,
     /// Where to serve ZDS for ztunnel.
@@ -47,9 +46,9 @@ struct Captured {
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The config directory could not be watched.
-    #[error("watching the config directory: {0}")]
-    Watch(#[from] notify::Error),
+    /// The configuration source could not start.
+    #[error("configuration source: {0}")]
+    Source(#[from] mesh_core::config::SourceError),
     /// The ZDS socket could not be created.
     #[error("serving ZDS on {path}: {source}")]
     Socket {
@@ -71,7 +70,8 @@ fn uid(workload: &Workload) -> String {
 /// Runs the agent until the task is dropped.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let rules = rules::render(&config.rules);
-    let mut snapshots = FileSource::new(&config.config_dir).watch(Duration::from_millis(100))?;
+    let mut snapshots =
+        mesh_core::config::watch(&config.source, Duration::from_millis(100)).await?;
     if let Some(dir) = config.zds_socket.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

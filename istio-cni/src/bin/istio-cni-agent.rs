@@ -15,9 +15,15 @@ use clap::Parser;
         ztunnel over the ZDS socket."
 )]
 struct Args {
-    /// Directory of Kubernetes YAML to read and watch (the file config source).
+    /// Where the configuration comes from: `file` (a directory of YAML) or `kubernetes`.
+    #[arg(long, value_parser = ["file", "kubernetes"], default_value = "file")]
+    config_source: String,
+    /// Directory of Kubernetes YAML to read and watch (with `--config-source file`).
     #[arg(long, env = "MESH_CONFIG_DIR")]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
+    /// kubeconfig (with `--config-source kubernetes`; default: in-cluster, then $KUBECONFIG).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// This node's name.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -48,7 +54,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = istio_cni::agent::AgentConfig {
-        config_dir: args.config_dir,
+        source: match (args.config_source.as_str(), args.config_dir) {
+            ("file", Some(dir)) => mesh_core::config::Source::Files(dir),
+            ("file", None) => anyhow::bail!("--config-dir is required with --config-source file"),
+            _ => mesh_core::config::Source::Kubernetes(args.kubeconfig),
+        },
         node_name: args.node_name,
         zds_socket: args.zds_socket,
         trust_domain: args.trust_domain,

@@ -16,6 +16,51 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
+/// Where the configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory of Kubernetes YAML (the embedded default).
+    Files(PathBuf),
+    /// The Kubernetes API, through this kubeconfig (or in-cluster / the default one).
+    Kubernetes(Option<PathBuf>),
+}
+
+/// Why a configuration source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The directory could not be watched.
+    #[error("watching {path}: {source}")]
+    Files {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+    /// The Kubernetes client could not be made.
+    #[error(transparent)]
+    Kubernetes(#[from] kube_source::KubeSourceError),
+}
+
+/// Starts `source` and returns its snapshots (a new one after every change, coalesced over
+/// `settle`). Both sources publish the same [`file_source::Snapshot`].
+pub async fn watch(
+    source: &Source,
+    settle: std::time::Duration,
+) -> Result<tokio::sync::watch::Receiver<std::sync::Arc<file_source::Snapshot>>, SourceError> {
+    match source {
+        Source::Files(dir) => file_source::FileSource::new(dir)
+            .watch(settle)
+            .map_err(|source| SourceError::Files {
+                path: dir.clone(),
+                source,
+            }),
+        Source::Kubernetes(kubeconfig) => {
+            let client = kube_source::client(kubeconfig.as_deref()).await?;
+            Ok(kube_source::watch(client, settle))
+        }
+    }
+}
+
 /// A configuration object the mesh understands.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
