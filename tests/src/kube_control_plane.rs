@@ -5,7 +5,7 @@
 //! RBAC authorization, ServiceAccount token signing, and a static token for an admin
 //! (`system:masters`); everything lives in a temporary directory removed on drop.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -24,6 +24,8 @@ pub struct ControlPlane {
     _etcd: Process,
     url: String,
     ca_file: PathBuf,
+    /// The network namespace it runs in (`None`: the host's).
+    netns: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,9 +59,9 @@ pub fn binaries() -> Result<PathBuf> {
     ))
 }
 
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|err| HarnessError::io("finding a free port", err))?;
+fn free_port(ip: IpAddr) -> Result<u16> {
+    let listener =
+        TcpListener::bind((ip, 0)).map_err(|err| HarnessError::io("finding a free port", err))?;
     listener
         .local_addr()
         .map(|a| a.port())
@@ -72,8 +74,18 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver and waits until the API server is ready.
+    /// Starts etcd and kube-apiserver on the host's loopback and waits until ready.
     pub fn start() -> Result<Self> {
+        Self::start_in(None, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Starts them inside the network namespace at `netns` (a simulated node, so the
+    /// other nodes reach the API server over the underlay), listening on `ip`.
+    pub fn start_in(netns: Option<PathBuf>, ip: IpAddr) -> Result<Self> {
+        let command = |program: PathBuf| match &netns {
+            Some(path) => crate::netns::command_in(path, program),
+            None => Ok(Command::new(program)),
+        };
         let bin = binaries()?;
         let dir = tempfile::Builder::new()
             .prefix("mesh-kube-")
@@ -89,6 +101,9 @@ impl ControlPlane {
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        if !ip.is_loopback() {
+            params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+        }
         let serving = params.self_signed(&serving_key).map_err(generate)?;
         write(&path("serving.crt"), &serving.pem())?;
         write(&path("serving.key"), &serving_key.serialize_pem())?;
@@ -100,9 +115,19 @@ impl ControlPlane {
             &format!("{ADMIN_TOKEN},mesh-admin,mesh-admin,system:masters\n"),
         )?;
 
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let ports =
+            || -> Result<(u16, u16, u16)> { Ok((free_port(ip)?, free_port(ip)?, free_port(ip)?)) };
+        let (etcd_port, peer_port, api_port) = match &netns {
+            Some(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|err| HarnessError::io(format!("opening {}", path.display()), err))?;
+                mesh_core::netns::run_in(&file, ports)
+                    .map_err(|err| HarnessError::io("entering the namespace", err))??
+            }
+            None => ports()?,
+        };
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let mut etcd = Command::new(bin.join("etcd"));
+        let mut etcd = command(bin.join("etcd"))?;
         etcd.arg("--data-dir")
             .arg(path("etcd"))
             .args([
@@ -125,13 +150,13 @@ impl ControlPlane {
             ]);
         let etcd = Process::spawn("etcd", etcd, dir.path())?;
 
-        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        let mut apiserver = command(bin.join("kube-apiserver"))?;
         apiserver
             .args([
                 "--etcd-servers",
                 &etcd_url,
                 "--bind-address",
-                "127.0.0.1",
+                &ip.to_string(),
                 "--secure-port",
                 &api_port.to_string(),
             ])
@@ -164,7 +189,7 @@ impl ControlPlane {
             ])
             .args([
                 "--advertise-address",
-                "127.0.0.1",
+                &ip.to_string(),
                 "--endpoint-reconciler-type",
                 "none",
             ]);
@@ -173,8 +198,9 @@ impl ControlPlane {
         let plane = ControlPlane {
             apiserver,
             _etcd: etcd,
-            url: format!("https://127.0.0.1:{api_port}"),
+            url: format!("https://{}", std::net::SocketAddr::new(ip, api_port)),
             ca_file: path("serving.crt"),
+            netns: netns.clone(),
             _dir: dir,
         };
         eventually(
@@ -223,7 +249,10 @@ impl ControlPlane {
         path: &str,
         json: Option<&str>,
     ) -> Result<(u16, String)> {
-        let mut curl = Command::new("curl");
+        let mut curl = match &self.netns {
+            Some(path) => crate::netns::command_in(path, "curl")?,
+            None => Command::new("curl"),
+        };
         curl.args(["-sS", "--max-time", "10", "-X", method, "--cacert"])
             .arg(&self.ca_file)
             .args([
@@ -233,9 +262,14 @@ impl ControlPlane {
                 "\n%{http_code}",
             ]);
         if let Some(json) = json {
+            let content_type = if method == "PATCH" {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
             curl.args([
                 "-H",
-                "Content-Type: application/json",
+                &format!("Content-Type: {content_type}"),
                 "--data-binary",
                 json,
             ]);
@@ -246,7 +280,75 @@ impl ControlPlane {
             .map_err(|err| HarnessError::io("running curl", err))?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+        let body = if body.is_empty() {
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        } else {
+            body.to_string()
+        };
+        Ok((code.trim().parse().unwrap_or(0), body))
+    }
+
+    /// Plays kubelet and the controllers for a simulated cluster: creates its Namespaces,
+    /// ServiceAccounts, Nodes, Pods and Services (from the cluster's own YAML) and sets each
+    /// Pod's status (`podIP`, `Running`) as a kubelet would.
+    pub fn apply_cluster(&self, cluster: &crate::Cluster) -> Result<()> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cluster.config_dir())
+            .map_err(|err| HarnessError::io("reading the cluster's YAML", err))?
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        let rank = |path: &PathBuf| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ["namespace-", "serviceaccount-", "node-", "pod-", "service-"]
+                .iter()
+                .position(|p| name.starts_with(p))
+                .unwrap_or(9)
+        };
+        files.sort_by_key(rank);
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|err| HarnessError::io(format!("reading {}", file.display()), err))?;
+            let object: serde_json::Value = serde_saphyr::from_str(&text)
+                .map_err(|err| HarnessError::Spec(format!("{}: {err}", file.display())))?;
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let namespace = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            let collection = match kind {
+                "Namespace" => "/api/v1/namespaces".to_string(),
+                "Node" => "/api/v1/nodes".to_string(),
+                "ServiceAccount" => format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
+                "Pod" => format!("/api/v1/namespaces/{namespace}/pods"),
+                "Service" => format!("/api/v1/namespaces/{namespace}/services"),
+                _ => continue,
+            };
+            let (code, body) =
+                self.request(ADMIN_TOKEN, "POST", &collection, Some(&object.to_string()))?;
+            if code != 201 && code != 409 {
+                return Err(HarnessError::Spec(format!(
+                    "creating {kind} {namespace}/{name}: {code} {body}"
+                )));
+            }
+            if kind == "Pod" {
+                let status = serde_json::json!({ "status": object["status"] }).to_string();
+                let (code, body) = self.request(
+                    ADMIN_TOKEN,
+                    "PATCH",
+                    &format!("{collection}/{name}/status"),
+                    Some(&status),
+                )?;
+                if code != 200 {
+                    return Err(HarnessError::Spec(format!(
+                        "setting the status of pod {namespace}/{name}: {code} {body}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes a kubeconfig for `token` to `path`, as a component would be given one.

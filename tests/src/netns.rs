@@ -7,7 +7,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::sched::{CloneFlags, setns};
@@ -70,16 +70,7 @@ impl NetNs {
     /// A [`Command`] whose process starts inside this namespace (files and mounts are the
     /// host's; only the network is the namespace's).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
-        let file = self.open()?;
-        let mut command = Command::new(program);
-        // SAFETY: the hook runs in the forked child before exec; it only calls setns(2),
-        // which is async-signal-safe, and converts an errno without allocating.
-        unsafe {
-            command.pre_exec(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        Ok(command)
+        command_in(&self.path(), program)
     }
 
     /// Sets a sysctl (`net.ipv4.ip_forward`, ...) inside this namespace only.
@@ -91,7 +82,24 @@ impl NetNs {
         self.run(|| std::fs::write(&path, value))?
             .map_err(|err| HarnessError::io(format!("{key}={value} in {}", self.name), err))
     }
+}
 
+/// A [`Command`] whose process starts inside the network namespace at `netns` (a
+/// `/run/netns/<name>` bind mount or `/proc/<pid>/ns/net`).
+pub fn command_in(netns: &Path, program: impl AsRef<OsStr>) -> Result<Command> {
+    let file = File::open(netns)
+        .map_err(|err| HarnessError::io(format!("opening {}", netns.display()), err))?;
+    let mut command = Command::new(program);
+    // SAFETY: the hook runs in the forked child before exec; it only calls setns(2),
+    // which is async-signal-safe, and converts an errno without allocating.
+    unsafe {
+        command
+            .pre_exec(move || setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+    }
+    Ok(command)
+}
+
+impl NetNs {
     /// Reads a sysctl inside this namespace.
     pub fn read_sysctl(&self, key: &str) -> Result<String> {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
