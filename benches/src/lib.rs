@@ -5,9 +5,7 @@
 //!   (`cargo bench -p mesh-benches --bench hbone`).
 //! * [`report`]: the per-run table of medians and ratios.
 //!
-//! Whole-mesh benchmarks on the simulated cluster (issue 6) will reuse `mesh_tests`.
+//! Whole-mesh benchmarks on the simulated cluster (issue 6) will reuse the `mesh-tests` harness.
 
 pub mod loopback;
 pub mod report;
-
-pub use mesh_tests::Cluster;

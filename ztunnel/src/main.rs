@@ -70,11 +70,12 @@ fn main() -> anyhow::Result<()> {
         reload.reload(filter).map_err(|e| e.to_string())
     });
     let config = ztunnel::app::Config {
-        source: match (args.config_source.as_str(), args.config_dir) {
-            ("file", Some(dir)) => mesh_core::config::Source::Files(dir),
-            ("file", None) => anyhow::bail!("--config-dir is required with --config-source file"),
-            _ => mesh_core::config::Source::Kubernetes(args.kubeconfig),
-        },
+        source: mesh_core::config::Source::from_flags(
+            &args.config_source,
+            args.config_dir,
+            args.kubeconfig,
+        )
+        .map_err(anyhow::Error::msg)?,
         node_name: args.node_name,
         zds_socket: args.zds_socket,
         ca_dir: args.ca_dir,

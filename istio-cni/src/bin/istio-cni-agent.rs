@@ -54,11 +54,12 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = istio_cni::agent::AgentConfig {
-        source: match (args.config_source.as_str(), args.config_dir) {
-            ("file", Some(dir)) => mesh_core::config::Source::Files(dir),
-            ("file", None) => anyhow::bail!("--config-dir is required with --config-source file"),
-            _ => mesh_core::config::Source::Kubernetes(args.kubeconfig),
-        },
+        source: mesh_core::config::Source::from_flags(
+            &args.config_source,
+            args.config_dir,
+            args.kubeconfig,
+        )
+        .map_err(anyhow::Error::msg)?,
         node_name: args.node_name,
         zds_socket: args.zds_socket,
         trust_domain: args.trust_domain,

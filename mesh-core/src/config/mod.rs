@@ -25,6 +25,25 @@ pub enum Source {
     Kubernetes(Option<PathBuf>),
 }
 
+impl Source {
+    /// The source the `--config-source`, `--config-dir` and `--kubeconfig` flags of the
+    /// mesh's binaries name; the error says which flag is missing or wrong.
+    pub fn from_flags(
+        kind: &str,
+        dir: Option<PathBuf>,
+        kubeconfig: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        match (kind, dir) {
+            ("file", Some(dir)) => Ok(Source::Files(dir)),
+            ("file", None) => Err("--config-dir is required with --config-source file".into()),
+            ("kubernetes", _) => Ok(Source::Kubernetes(kubeconfig)),
+            (other, _) => Err(format!(
+                "--config-source {other:?}: expected file or kubernetes"
+            )),
+        }
+    }
+}
+
 /// Why a configuration source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

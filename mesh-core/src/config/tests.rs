@@ -107,6 +107,28 @@ fn bad_values_and_missing_names_are_errors() {
 }
 
 #[test]
+fn source_flags_name_what_is_missing() {
+    assert_eq!(
+        Source::from_flags("file", Some("/cfg".into()), None),
+        Ok(Source::Files("/cfg".into()))
+    );
+    assert_eq!(
+        Source::from_flags("kubernetes", None, None),
+        Ok(Source::Kubernetes(None))
+    );
+    assert!(
+        Source::from_flags("file", None, None)
+            .unwrap_err()
+            .contains("--config-dir")
+    );
+    assert!(
+        Source::from_flags("etcd", None, None)
+            .unwrap_err()
+            .contains("expected file or kubernetes")
+    );
+}
+
+#[test]
 fn namespaced_objects_default_to_the_default_namespace() {
     let parsed = parse("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n").unwrap();
     assert_eq!(parsed.objects[0].key().to_string(), "Service default/web");
