@@ -45,6 +45,9 @@ pub enum HarnessError {
     /// The cluster description is inconsistent (a pod without a node, a duplicate name...).
     #[error("invalid cluster description: {0}")]
     Spec(String),
+    /// The test control plane (etcd, kube-apiserver, kubectl) failed at run time.
+    #[error("control plane: {0}")]
+    ControlPlane(String),
     /// A program the test waited on exited first.
     #[error("{label} exited ({status}) before {awaited}\n{logs}")]
     Exited {

@@ -20,7 +20,10 @@ pub const ADMIN_TOKEN: &str = "mesh-test-admin";
 /// A running etcd + kube-apiserver; stopped and removed on drop.
 pub struct ControlPlane {
     // Declared first so the API server stops before etcd.
-    apiserver: Process,
+    apiserver: Option<Process>,
+    /// How to start the API server again after [`ControlPlane::kill_apiserver`].
+    apiserver_program: PathBuf,
+    apiserver_args: Vec<String>,
     _etcd: Process,
     url: String,
     ca_file: PathBuf,
@@ -92,8 +95,9 @@ impl ControlPlane {
             .tempdir()
             .map_err(|err| HarnessError::io("creating the control plane's directory", err))?;
         let path = |name: &str| dir.path().join(name);
-        let generate =
-            |err: rcgen::Error| HarnessError::Spec(format!("generating control-plane keys: {err}"));
+        let generate = |err: rcgen::Error| {
+            HarnessError::ControlPlane(format!("generating control-plane keys: {err}"))
+        };
 
         let serving_key = rcgen::KeyPair::generate().map_err(generate)?;
         let mut params =
@@ -150,84 +154,99 @@ impl ControlPlane {
             ]);
         let etcd = Process::spawn("etcd", etcd, dir.path())?;
 
-        let mut apiserver = command(bin.join("kube-apiserver"))?;
-        apiserver
-            .args([
-                "--etcd-servers",
-                &etcd_url,
-                "--bind-address",
-                &ip.to_string(),
-                "--secure-port",
-                &api_port.to_string(),
-            ])
-            .arg(format!("--tls-cert-file={}", path("serving.crt").display()))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                path("serving.key").display()
-            ))
-            .arg(format!(
-                "--service-account-key-file={}",
-                path("sa.pub").display()
-            ))
-            .arg(format!(
+        let apiserver_args: Vec<String> = [
+            "--etcd-servers",
+            &etcd_url,
+            "--bind-address",
+            &ip.to_string(),
+            "--secure-port",
+            &api_port.to_string(),
+            &format!("--tls-cert-file={}", path("serving.crt").display()),
+            &format!("--tls-private-key-file={}", path("serving.key").display()),
+            &format!("--service-account-key-file={}", path("sa.pub").display()),
+            &format!(
                 "--service-account-signing-key-file={}",
                 path("sa.key").display()
-            ))
-            .arg(format!(
-                "--token-auth-file={}",
-                path("tokens.csv").display()
-            ))
-            .args([
-                "--service-account-issuer",
-                "https://kubernetes.default.svc.cluster.local",
-            ])
-            .args([
-                "--authorization-mode",
-                "RBAC",
-                "--service-cluster-ip-range",
-                "10.96.0.0/16",
-            ])
-            .args([
-                "--advertise-address",
-                &ip.to_string(),
-                "--endpoint-reconciler-type",
-                "none",
-            ]);
-        let apiserver = Process::spawn("kube-apiserver", apiserver, dir.path())?;
+            ),
+            &format!("--token-auth-file={}", path("tokens.csv").display()),
+            "--service-account-issuer",
+            "https://kubernetes.default.svc.cluster.local",
+            "--authorization-mode",
+            "RBAC",
+            "--service-cluster-ip-range",
+            "10.96.0.0/16",
+            "--advertise-address",
+            &ip.to_string(),
+            "--endpoint-reconciler-type",
+            "none",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
 
-        let plane = ControlPlane {
-            apiserver,
+        let mut plane = ControlPlane {
+            apiserver: None,
+            apiserver_program: bin.join("kube-apiserver"),
+            apiserver_args,
             _etcd: etcd,
             url: format!("https://{}", std::net::SocketAddr::new(ip, api_port)),
             ca_file: path("serving.crt"),
             netns: netns.clone(),
             _dir: dir,
         };
+        plane.start_apiserver()?;
+        Ok(plane)
+    }
+
+    /// Kills the API server (SIGTERM, then SIGKILL), leaving etcd and its data, so tests
+    /// can see the components ride out an outage.
+    pub fn kill_apiserver(&mut self) -> Result<()> {
+        if let Some(apiserver) = self.apiserver.take() {
+            apiserver.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the API server (again) with the same flags and waits until it is ready.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        self.kill_apiserver()?;
+        let mut command = match &self.netns {
+            Some(path) => crate::netns::command_in(path, &self.apiserver_program)?,
+            None => Command::new(&self.apiserver_program),
+        };
+        command.args(&self.apiserver_args);
+        let dir = self._dir.path().to_path_buf();
+        self.apiserver = Some(Process::spawn("kube-apiserver", command, &dir)?);
+        let apiserver = self.apiserver.as_ref().expect("just started");
         eventually(
             "kube-apiserver to be ready",
             Duration::from_secs(60),
             || {
-                if let Some(status) = plane.apiserver.exit_status()? {
-                    return Err(HarnessError::Spec(format!(
+                if let Some(status) = apiserver.exit_status()? {
+                    return Err(HarnessError::ControlPlane(format!(
                         "kube-apiserver exited ({status}):\n{}",
-                        plane.apiserver.logs()
+                        apiserver.logs()
                     )));
                 }
-                match plane.get(ADMIN_TOKEN, "/readyz") {
+                match self.get(ADMIN_TOKEN, "/readyz") {
                     Ok((200, _)) => Ok(()),
-                    Ok((code, body)) => Err(HarnessError::Spec(format!(
+                    Ok((code, body)) => Err(HarnessError::ControlPlane(format!(
                         "/readyz answered {code}: {body}"
                     ))),
                     Err(err) => Err(err),
                 }
             },
-        )?;
-        Ok(plane)
+        )
     }
 
     /// The API server's URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The network namespace it runs in (`None`: the host's).
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
     }
 
     /// The CA that signed its serving certificate (it is self-signed).
@@ -329,7 +348,7 @@ impl ControlPlane {
             let (code, body) =
                 self.request(ADMIN_TOKEN, "POST", &collection, Some(&object.to_string()))?;
             if code != 201 && code != 409 {
-                return Err(HarnessError::Spec(format!(
+                return Err(HarnessError::ControlPlane(format!(
                     "creating {kind} {namespace}/{name}: {code} {body}"
                 )));
             }
@@ -342,7 +361,7 @@ impl ControlPlane {
                     Some(&status),
                 )?;
                 if code != 200 {
-                    return Err(HarnessError::Spec(format!(
+                    return Err(HarnessError::ControlPlane(format!(
                         "setting the status of pod {namespace}/{name}: {code} {body}"
                     )));
                 }

@@ -29,6 +29,7 @@ pub mod error;
 pub mod eventually;
 pub mod kube_control_plane;
 pub mod kube_yaml;
+pub mod kubectl;
 pub mod netns;
 pub mod process;
 pub mod topology;

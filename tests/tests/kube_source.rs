@@ -43,7 +43,11 @@ fn api_objects_reach_the_store_and_leave_it() {
     let mut snapshots = runtime.block_on(async {
         mesh_core::tls::install_process_provider();
         let client = kube_source::client(Some(kubeconfig.path())).await.unwrap();
-        kube_source::watch(client, Duration::from_millis(50))
+        kube_source::watch(
+            client,
+            mesh_core::config::Interest::Proxy,
+            Duration::from_millis(50),
+        )
     });
 
     let namespace = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop","labels":{"istio.io/dataplane-mode":"ambient"}}}"#;

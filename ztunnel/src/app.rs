@@ -41,9 +41,13 @@ pub struct Config {
 /// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     mesh_core::tls::install_process_provider();
-    let snapshots = mesh_core::config::watch(&config.source, Duration::from_millis(100))
-        .await
-        .with_context(|| format!("starting the config source {:?}", config.source))?;
+    let snapshots = mesh_core::config::watch(
+        &config.source,
+        mesh_core::config::Interest::Proxy,
+        Duration::from_millis(100),
+    )
+    .await
+    .with_context(|| format!("starting the config source {:?}", config.source))?;
     let first = snapshots.borrow().clone();
     for error in &first.errors {
         tracing::warn!(%error, "config error");

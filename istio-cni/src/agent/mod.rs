@@ -70,8 +70,12 @@ fn uid(workload: &Workload) -> String {
 /// Runs the agent until the task is dropped.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let rules = rules::render(&config.rules);
-    let mut snapshots =
-        mesh_core::config::watch(&config.source, Duration::from_millis(100)).await?;
+    let mut snapshots = mesh_core::config::watch(
+        &config.source,
+        mesh_core::config::Interest::Capture,
+        Duration::from_millis(100),
+    )
+    .await?;
     if let Some(dir) = config.zds_socket.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

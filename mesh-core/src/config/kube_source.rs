@@ -19,7 +19,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
 use super::file_source::Snapshot;
-use super::{ConfigError, ConfigObject, ConfigStore, ObjectKey};
+use super::{ConfigError, ConfigObject, ConfigStore, Interest, ObjectKey};
 
 /// Why a Kubernetes client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,11 @@ struct State {
 /// Watches the API server and publishes a new snapshot after every change (coalesced
 /// over `settle`). Must run inside a Tokio runtime; watchers stop when every receiver is
 /// dropped.
-pub fn watch(client: kube::Client, settle: Duration) -> watch::Receiver<Arc<Snapshot>> {
+pub fn watch(
+    client: kube::Client,
+    interest: Interest,
+    settle: Duration,
+) -> watch::Receiver<Arc<Snapshot>> {
     let state = Arc::new(Mutex::new(State::default()));
     let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -84,13 +88,6 @@ pub fn watch(client: kube::Client, settle: Duration) -> watch::Receiver<Arc<Snap
         "Namespace",
         ConfigObject::Namespace,
     );
-    spawn_typed::<core::Node>(
-        &client,
-        state.clone(),
-        changed.clone(),
-        "Node",
-        ConfigObject::Node,
-    );
     spawn_typed::<core::Pod>(
         &client,
         state.clone(),
@@ -98,22 +95,31 @@ pub fn watch(client: kube::Client, settle: Duration) -> watch::Receiver<Arc<Snap
         "Pod",
         ConfigObject::Pod,
     );
-    spawn_typed::<core::Service>(
-        &client,
-        state.clone(),
-        changed.clone(),
-        "Service",
-        ConfigObject::Service,
-    );
-    spawn_typed::<core::ServiceAccount>(
-        &client,
-        state.clone(),
-        changed.clone(),
-        "ServiceAccount",
-        ConfigObject::ServiceAccount,
-    );
-    for kind in ["AuthorizationPolicy", "PeerAuthentication"] {
-        spawn_istio(&client, state.clone(), changed.clone(), kind);
+    if interest == Interest::Proxy {
+        spawn_typed::<core::Node>(
+            &client,
+            state.clone(),
+            changed.clone(),
+            "Node",
+            ConfigObject::Node,
+        );
+        spawn_typed::<core::Service>(
+            &client,
+            state.clone(),
+            changed.clone(),
+            "Service",
+            ConfigObject::Service,
+        );
+        spawn_typed::<core::ServiceAccount>(
+            &client,
+            state.clone(),
+            changed.clone(),
+            "ServiceAccount",
+            ConfigObject::ServiceAccount,
+        );
+        for kind in ["AuthorizationPolicy", "PeerAuthentication"] {
+            spawn_istio(&client, state.clone(), changed.clone(), kind);
+        }
     }
 
     tokio::spawn(async move {

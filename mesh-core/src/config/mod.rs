@@ -44,6 +44,17 @@ impl Source {
     }
 }
 
+/// Which kinds a component reads from the Kubernetes API. What a component watches decides
+/// the RBAC it needs, so the node agent does not ask for what only ztunnel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Namespaces and Pods: enough to decide which pods to capture (the istio-cni agent).
+    Capture,
+    /// Everything the proxy needs: also Services, ServiceAccounts, Nodes and the Istio
+    /// security kinds (ztunnel).
+    Proxy,
+}
+
 /// Why a configuration source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -64,6 +75,7 @@ pub enum SourceError {
 /// `settle`). Both sources publish the same [`file_source::Snapshot`].
 pub async fn watch(
     source: &Source,
+    interest: Interest,
     settle: std::time::Duration,
 ) -> Result<tokio::sync::watch::Receiver<std::sync::Arc<file_source::Snapshot>>, SourceError> {
     match source {
@@ -75,7 +87,7 @@ pub async fn watch(
             }),
         Source::Kubernetes(kubeconfig) => {
             let client = kube_source::client(kubeconfig.as_deref()).await?;
-            Ok(kube_source::watch(client, settle))
+            Ok(kube_source::watch(client, interest, settle))
         }
     }
 }
