@@ -32,7 +32,7 @@ pub struct Process {
 
 impl Process {
     /// Starts `command` with its output sent to `<log_dir>/<label>.{stdout,stderr}`.
-    pub(crate) fn spawn(label: &str, mut command: Command, log_dir: &Path) -> Result<Self> {
+    pub fn spawn(label: &str, mut command: Command, log_dir: &Path) -> Result<Self> {
         let stdout_path = log_dir.join(format!("{label}.stdout"));
         let stderr_path = log_dir.join(format!("{label}.stderr"));
         let create = |path: &Path| {

@@ -163,3 +163,91 @@ fn add_hands_the_pod_namespace_to_the_agent_and_passes_the_result_through() {
     let error: serde_json::Value = serde_json::from_str(error.trim()).unwrap();
     assert_eq!(error["code"], 6);
 }
+
+/// The agent as the istio-cni DaemonSet runs it: installs the plugin into the node's CNI
+/// binary directory, chains it into the primary configuration, puts it back when the
+/// primary CNI rewrites its file, and `--uninstall-cni` removes it again.
+#[test]
+fn the_agent_installs_and_chains_the_plugin_and_uninstalls_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    for sub in ["config", "bin", "net.d"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let primary = dir.path().join("net.d/10-bridge.conflist");
+    let original = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "plugins": [{ "type": "bridge", "bridge": "cni0" }]
+    });
+    std::fs::write(&primary, original.to_string()).unwrap();
+    let args = |extra: &[&str]| {
+        let mut command = Command::new(workspace_binary("istio-cni-agent").unwrap());
+        command.args([
+            "--config-dir",
+            &path("config"),
+            "--node-name",
+            "n1",
+            "--zds-socket",
+            &path("zds.sock"),
+            "--plugin-socket",
+            &path("cni.sock"),
+            "--no-proc-scan",
+            "--cni-bin-dir",
+            &path("bin"),
+            "--cni-conf-dir",
+            &path("net.d"),
+        ]);
+        command.args(extra);
+        command
+    };
+    let agent = mesh_tests::Process::spawn("istio-cni-agent", args(&[]), dir.path()).unwrap();
+    let chained = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&primary).unwrap()).unwrap()
+    };
+    let is_chained = || {
+        let config = chained();
+        if config["plugins"][1]["type"] == "istio-cni"
+            && config["plugins"][1]["agent_socket"] == path("cni.sock")
+        {
+            Ok(())
+        } else {
+            Err(format!("{config}"))
+        }
+    };
+    eventually("the plugin chained", Duration::from_secs(10), is_chained).unwrap();
+    assert_eq!(chained()["plugins"][0], original["plugins"][0]);
+    let installed = dir.path().join("bin/istio-cni");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(workspace_binary("istio-cni").unwrap()).unwrap()
+    );
+    // The installed binary is the plugin: it answers VERSION as the runtime asks it.
+    let out = Command::new(&installed)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("supportedVersions")
+    );
+
+    // The primary CNI rewrites its file: the entry comes back within a check period.
+    std::fs::write(&primary, original.to_string()).unwrap();
+    eventually(
+        "the plugin chained again",
+        Duration::from_secs(15),
+        is_chained,
+    )
+    .unwrap();
+
+    agent.stop().unwrap();
+    assert!(
+        is_chained().is_ok(),
+        "stopping the agent keeps the chain (upgrades stay safe)"
+    );
+    let status = args(&["--uninstall-cni"]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(chained(), original);
+    assert!(!installed.exists());
+}

@@ -35,6 +35,32 @@ pub struct AgentConfig {
     pub netns_scope: crate::netns_finder::SearchScope,
     /// Where the CNI plugin reports new pods' namespaces.
     pub plugin_socket: PathBuf,
+    /// Install and keep chaining the CNI plugin on the node (in a DaemonSet; `None` when
+    /// the plugin is set up another way, as in the simulated cluster).
+    pub cni_install: Option<crate::install::CniInstall>,
+}
+
+/// How often the CNI installation is re-checked (the primary CNI may rewrite its file).
+const INSTALL_CHECK: Duration = Duration::from_secs(5);
+
+/// Keeps the plugin installed and chained; reports each new failure once.
+async fn keep_installed(install: crate::install::CniInstall) {
+    let mut last_error = String::new();
+    loop {
+        let attempt = install.clone();
+        match tokio::task::spawn_blocking(move || attempt.ensure()).await {
+            Ok(Ok(_)) => last_error.clear(),
+            Ok(Err(err)) => {
+                let text = err.to_string();
+                if text != last_error {
+                    tracing::warn!(error = %text, "installing the CNI plugin failed; retrying");
+                    last_error = text;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "CNI install task failed"),
+        }
+        tokio::time::sleep(INSTALL_CHECK).await;
+    }
 }
 
 /// A pod the agent has captured.
@@ -57,6 +83,15 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Stops a background task when the agent stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The ZDS uid of a workload: its UID when known, else `namespace/name`.
@@ -98,6 +133,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 source,
             }
         })?;
+
+    let _installer = config
+        .cni_install
+        .clone()
+        .map(|install| AbortOnDrop(tokio::spawn(keep_installed(install))));
 
     let mut captured: BTreeMap<String, Captured> = BTreeMap::new();
     let mut hints = NetnsHints::new();

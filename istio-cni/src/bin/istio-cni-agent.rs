@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Parser;
 
 /// Command line of the node agent.
@@ -42,6 +43,18 @@ struct Args {
     /// Where the CNI plugin reports new pods.
     #[arg(long, default_value = istio_cni::plugin::DEFAULT_AGENT_SOCKET)]
     plugin_socket: PathBuf,
+    /// The node's CNI binary directory: install the plugin there (with --cni-conf-dir).
+    #[arg(long, requires = "cni_conf_dir")]
+    cni_bin_dir: Option<PathBuf>,
+    /// The node's CNI configuration directory: chain the plugin into its primary file.
+    #[arg(long, requires = "cni_bin_dir")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The plugin binary to install (default: `istio-cni` beside this program).
+    #[arg(long)]
+    cni_plugin_binary: Option<PathBuf>,
+    /// Remove the plugin from --cni-bin-dir and --cni-conf-dir, then exit.
+    #[arg(long, requires = "cni_bin_dir")]
+    uninstall_cni: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +66,26 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let cni_install = match (args.cni_bin_dir, args.cni_conf_dir) {
+        (Some(bin_dir), Some(conf_dir)) => Some(istio_cni::install::CniInstall {
+            plugin_binary: match args.cni_plugin_binary {
+                Some(path) => path,
+                None => std::env::current_exe()
+                    .context("locating this program")?
+                    .with_file_name(istio_cni::install::PLUGIN_TYPE),
+            },
+            bin_dir,
+            conf_dir,
+            agent_socket: args.plugin_socket.clone(),
+        }),
+        _ => None,
+    };
+    if args.uninstall_cni {
+        if let Some(install) = &cni_install {
+            install.uninstall().context("uninstalling the CNI plugin")?;
+        }
+        return Ok(());
+    }
     let config = istio_cni::agent::AgentConfig {
         source: mesh_core::config::Source::from_flags(
             &args.config_source,
@@ -69,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             dirs: args.netns_dirs,
             scan_proc: !args.no_proc_scan,
         },
+        cni_install,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
