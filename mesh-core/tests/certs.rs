@@ -460,3 +460,43 @@ async fn rotation_keeps_live_tunnels_and_new_tunnels_use_the_new_cert() {
     );
     assert_eq!(server.stats.connections.load(Ordering::Relaxed), 2);
 }
+
+/// The CA commands deploy/README.md gives operators (openssl, Istio's cacerts layout).
+fn readme_ca_commands() -> String {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/README.md"),
+    )
+    .unwrap();
+    let start = readme
+        .find("openssl req")
+        .expect("the README's openssl command");
+    let end = readme[start..].find("kubectl").unwrap() + start;
+    readme[start..end].to_string()
+}
+
+#[tokio::test]
+async fn the_ca_an_operator_makes_with_the_readmes_openssl_commands_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-euc", &readme_ca_commands()])
+        .current_dir(dir.path())
+        .output()
+        .expect("bash and openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = Arc::new(LocalCa::load(dir.path(), TRUST_DOMAIN).unwrap());
+    let server = hbone_server(certs(ca.clone()), id("shop", "server"), ca.roots()).await;
+    let client = client(certs(ca));
+    let app = echo_app().await;
+    let mut tunnel = client
+        .connect(request(&id("shop", "web"), &server, app))
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_through(&mut tunnel, b"operator CA").await,
+        b"operator CA"
+    );
+}
