@@ -336,7 +336,7 @@ fn each_component_may_do_what_it_needs_and_nothing_more() {
         (
             "watch",
             "endpointslices.discovery.k8s.io",
-            false,
+            true,
             false,
             true,
         ),

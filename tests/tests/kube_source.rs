@@ -81,6 +81,26 @@ fn api_objects_reach_the_store_and_leave_it() {
             .any(|svc| svc.metadata.name.as_deref() == Some("web"))
     });
 
+    let slice = r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"web-1","namespace":"shop","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","endpoints":[{"addresses":["10.244.1.2"]}]}"#;
+    let (code, body) = plane
+        .request(
+            ADMIN_TOKEN,
+            "POST",
+            "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+            Some(slice),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    wait_for(&runtime, &mut snapshots, "the endpoint slice", |s| {
+        s.store.endpoint_slices().any(|slice| {
+            slice
+                .endpoints
+                .iter()
+                .flatten()
+                .any(|e| e.addresses == ["10.244.1.2"])
+        })
+    });
+
     let (code, body) = plane
         .request(
             ADMIN_TOKEN,

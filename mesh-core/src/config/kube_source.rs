@@ -110,6 +110,13 @@ pub fn watch(
             "Service",
             ConfigObject::Service,
         );
+        spawn_typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(
+            &client,
+            state.clone(),
+            changed.clone(),
+            "EndpointSlice",
+            ConfigObject::EndpointSlice,
+        );
         spawn_typed::<core::ServiceAccount>(
             &client,
             state.clone(),

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
@@ -50,8 +51,8 @@ impl Source {
 pub enum Interest {
     /// Namespaces and Pods: enough to decide which pods to capture (the istio-cni agent).
     Capture,
-    /// Everything the proxy needs: also Services, ServiceAccounts, Nodes and the Istio
-    /// security kinds (ztunnel).
+    /// Everything the proxy needs: also Services, EndpointSlices, ServiceAccounts, Nodes
+    /// and the Istio security kinds (ztunnel).
     Proxy,
 }
 
@@ -103,6 +104,7 @@ pub enum ConfigObject {
     Node(core::Node),
     Pod(core::Pod),
     Service(core::Service),
+    EndpointSlice(discovery::EndpointSlice),
     ServiceAccount(core::ServiceAccount),
     AuthorizationPolicy(istio::AuthorizationPolicy),
     PeerAuthentication(istio::PeerAuthentication),
@@ -137,6 +139,7 @@ impl ConfigObject {
             ConfigObject::Node(_) => "Node",
             ConfigObject::Pod(_) => "Pod",
             ConfigObject::Service(_) => "Service",
+            ConfigObject::EndpointSlice(_) => "EndpointSlice",
             ConfigObject::ServiceAccount(_) => "ServiceAccount",
             ConfigObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
             ConfigObject::PeerAuthentication(_) => "PeerAuthentication",
@@ -150,6 +153,7 @@ impl ConfigObject {
             ConfigObject::Node(o) => &o.metadata,
             ConfigObject::Pod(o) => &o.metadata,
             ConfigObject::Service(o) => &o.metadata,
+            ConfigObject::EndpointSlice(o) => &o.metadata,
             ConfigObject::ServiceAccount(o) => &o.metadata,
             ConfigObject::AuthorizationPolicy(o) => &o.metadata,
             ConfigObject::PeerAuthentication(o) => &o.metadata,
@@ -240,6 +244,14 @@ impl ConfigStore {
         })
     }
 
+    /// All EndpointSlices (the endpoints of Services without a selector).
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &discovery::EndpointSlice> {
+        self.objects.values().filter_map(|o| match o {
+            ConfigObject::EndpointSlice(s) => Some(s),
+            _ => None,
+        })
+    }
+
     /// All AuthorizationPolicies.
     pub fn authorization_policies(&self) -> impl Iterator<Item = &istio::AuthorizationPolicy> {
         self.objects.values().filter_map(|o| match o {
@@ -308,6 +320,9 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Parsed, ConfigError> {
             ("v1", "Service") => {
                 ConfigObject::Service(serde_saphyr::from_str(document).map_err(typed)?)
             }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                ConfigObject::EndpointSlice(serde_saphyr::from_str(document).map_err(typed)?)
+            }
             ("v1", "ServiceAccount") => {
                 ConfigObject::ServiceAccount(serde_saphyr::from_str(document).map_err(typed)?)
             }
@@ -338,6 +353,7 @@ pub(crate) fn with_default_namespace(mut object: ConfigObject) -> ConfigObject {
         ConfigObject::Namespace(_) | ConfigObject::Node(_) => return object,
         ConfigObject::Pod(o) => &mut o.metadata,
         ConfigObject::Service(o) => &mut o.metadata,
+        ConfigObject::EndpointSlice(o) => &mut o.metadata,
         ConfigObject::ServiceAccount(o) => &mut o.metadata,
         ConfigObject::AuthorizationPolicy(o) => &mut o.metadata,
         ConfigObject::PeerAuthentication(o) => &mut o.metadata,

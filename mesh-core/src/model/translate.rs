@@ -34,7 +34,7 @@ pub fn translate(store: &ConfigStore, trust_domain: &str) -> DataPlane {
         workloads.push(workload);
     }
     for service in store.services() {
-        let Some(service) = translate_service(service, &workloads) else {
+        let Some(service) = translate_service(store, service, &workloads) else {
             continue;
         };
         let service = Arc::new(service);
@@ -115,7 +115,11 @@ fn is_captured(
     }
 }
 
-fn translate_service(service: &core::Service, workloads: &[Arc<Workload>]) -> Option<Service> {
+fn translate_service(
+    store: &ConfigStore,
+    service: &core::Service,
+    workloads: &[Arc<Workload>],
+) -> Option<Service> {
     let name = service.metadata.name.clone()?;
     let namespace = service
         .metadata
@@ -162,7 +166,17 @@ fn translate_service(service: &core::Service, workloads: &[Arc<Workload>]) -> Op
             })
             .cloned()
             .collect(),
-        _ => Vec::new(),
+        // No selector: the endpoints are whoever its EndpointSlices name (kept up by
+        // hand or by another controller). Only mesh-known pods count; other addresses
+        // are not routed through the service yet.
+        _ => {
+            let addresses = sliced_addresses(store, &namespace, &name);
+            workloads
+                .iter()
+                .filter(|w| w.ips.iter().any(|ip| addresses.contains(ip)))
+                .cloned()
+                .collect()
+        }
     };
     Some(Service {
         name,
@@ -171,6 +185,32 @@ fn translate_service(service: &core::Service, workloads: &[Arc<Workload>]) -> Op
         ports,
         endpoints,
     })
+}
+
+/// The ready addresses of the EndpointSlices of Service `namespace/name`.
+fn sliced_addresses(store: &ConfigStore, namespace: &str, name: &str) -> Vec<IpAddr> {
+    store
+        .endpoint_slices()
+        .filter(|slice| {
+            slice.metadata.namespace.as_deref() == Some(namespace)
+                && slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .is_some_and(|service| service == name)
+        })
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+        .filter(|endpoint| {
+            endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true)
+        })
+        .flat_map(|endpoint| &endpoint.addresses)
+        .filter_map(|address| address.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -280,6 +320,48 @@ spec:
         let mut endpoints: Vec<&str> = web.endpoints.iter().map(|w| w.name.as_str()).collect();
         endpoints.sort();
         assert_eq!(endpoints, ["opted-out", "web"]);
+    }
+
+    #[test]
+    fn services_without_a_selector_take_their_endpoint_slices_ready_pods() {
+        let yaml = format!(
+            "{CLUSTER}---
+apiVersion: v1
+kind: Service
+metadata: {{name: manual, namespace: shop}}
+spec: {{clusterIP: 10.96.0.11, ports: [{{port: 80, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: manual-1, namespace: shop, labels: {{kubernetes.io/service-name: manual}}}}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.2]
+- addresses: [10.244.2.2]
+  conditions: {{ready: false}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: other-1, namespace: shop, labels: {{kubernetes.io/service-name: other}}}}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.2.3]
+"
+        );
+        let plane = translate(&store(&yaml), "cluster.local");
+        let manual = plane.service("10.96.0.11".parse().unwrap()).unwrap();
+        let endpoints: Vec<&str> = manual.endpoints.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(
+            endpoints,
+            ["web"],
+            "ready, and named by this service's slices only"
+        );
+        let web = plane.service("10.96.0.10".parse().unwrap()).unwrap();
+        assert_eq!(
+            web.endpoints.len(),
+            2,
+            "a selector still decides for its service"
+        );
     }
 
     #[test]
