@@ -485,4 +485,24 @@ fn helm_template_renders_the_plain_manifests() {
             .count(),
         10
     );
+
+    // A misspelled value is an error naming it, not silently ignored.
+    let out = Command::new(&helm)
+        .args([
+            "template",
+            "ambient-mesh",
+            "deploy/chart",
+            "--kube-version",
+            "1.37.2",
+        ])
+        .args(["--set", "ztunnel.drainSecond=5"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a misspelled value was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'drainSecond' not allowed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
