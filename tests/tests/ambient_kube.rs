@@ -11,7 +11,7 @@ use mesh_core::cert::LocalCa;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
 use mesh_tests::apps::workspace_binary;
 use mesh_tests::kube_control_plane::{ADMIN_TOKEN, ControlPlane};
-use mesh_tests::kubectl::KubectlOutput;
+use mesh_tests::kubectl::{KubectlOutput, deploy_manifest};
 use mesh_tests::{Cluster, Process, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -108,21 +108,9 @@ fn ok(plane: &ControlPlane, args: &[&str]) -> String {
 /// What an operator installs: deploy/'s CRDs, namespace, ServiceAccounts and RBAC (the
 /// DaemonSets too, though nothing here runs them: the test starts the binaries itself).
 fn install_mesh(plane: &ControlPlane, cluster: &Cluster) -> Kubeconfigs {
-    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests");
-    for file in ["crds.yaml", "mesh.yaml"] {
-        let path = manifests.join(file).display().to_string();
-        ok(plane, &["apply", "--server-side", "-f", &path]);
-    }
-    ok(
-        plane,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-    );
+    plane
+        .install(&[deploy_manifest("crds.yaml"), deploy_manifest("mesh.yaml")])
+        .unwrap();
     let kubeconfig = |account: &str| {
         let token = ok(
             plane,

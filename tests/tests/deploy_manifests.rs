@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mesh_tests::kube_control_plane::{ADMIN_TOKEN, ControlPlane};
+use mesh_tests::kubectl::deploy_manifest;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -40,27 +41,6 @@ fn admin(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
         .unwrap()
         .ok(&args.join(" "))
         .unwrap()
-}
-
-/// Installs the CRDs for real and waits until the API serves them.
-fn install_crds(plane: &ControlPlane) {
-    let crds = repo().join("deploy/manifests/crds.yaml");
-    admin(
-        plane,
-        &["apply", "--server-side", "-f", crds.to_str().unwrap()],
-        None,
-    );
-    admin(
-        plane,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-        None,
-    );
 }
 
 #[test]
@@ -119,7 +99,7 @@ fn seed_objects() -> Vec<serde_json::Value> {
 #[test]
 fn the_crds_accept_the_seed_lectures_istio_yaml_and_reject_typos() {
     let plane = ControlPlane::start().expect("control plane");
-    install_crds(&plane);
+    plane.install(&[deploy_manifest("crds.yaml")]).unwrap();
     admin(&plane, &["create", "namespace", "ml-production"], None);
 
     let objects = seed_objects();
@@ -232,14 +212,7 @@ fn can(plane: &ControlPlane, token: &str, verb: &str, resource: &str) -> bool {
 #[test]
 fn each_component_may_do_what_it_needs_and_nothing_more() {
     let plane = ControlPlane::start().expect("control plane");
-    install_crds(&plane);
-    for file in manifests() {
-        admin(
-            &plane,
-            &["apply", "--server-side", "-f", file.to_str().unwrap()],
-            None,
-        );
-    }
+    plane.install(&manifests()).unwrap();
     let token = |namespace: &str, account: &str| {
         admin(&plane, &["create", "token", account, "-n", namespace], None)
             .trim()
@@ -284,83 +257,30 @@ fn each_component_may_do_what_it_needs_and_nothing_more() {
     }
 
     // Then the whole matrix: (verb, resource, ztunnel, istio-cni, waypoint).
+    #[rustfmt::skip]
     let matrix: &[(&str, &str, bool, bool, bool)] = &[
-        ("list", "pods", true, true, true),
-        ("watch", "pods", true, true, true),
-        ("list", "namespaces", true, true, true),
-        ("watch", "services", true, false, true),
-        ("list", "serviceaccounts", true, false, false),
-        ("watch", "nodes", true, false, false),
-        (
-            "watch",
-            "authorizationpolicies.security.istio.io",
-            true,
-            false,
-            true,
-        ),
-        (
-            "watch",
-            "peerauthentications.security.istio.io",
-            true,
-            false,
-            true,
-        ),
-        (
-            "watch",
-            "requestauthentications.security.istio.io",
-            false,
-            false,
-            true,
-        ),
-        (
-            "watch",
-            "virtualservices.networking.istio.io",
-            false,
-            false,
-            true,
-        ),
-        (
-            "watch",
-            "destinationrules.networking.istio.io",
-            false,
-            false,
-            true,
-        ),
-        (
-            "watch",
-            "httproutes.gateway.networking.k8s.io",
-            false,
-            false,
-            true,
-        ),
-        (
-            "watch",
-            "endpointslices.discovery.k8s.io",
-            true,
-            false,
-            true,
-        ),
-        ("get", "secrets", false, false, false),
-        ("list", "configmaps", false, false, false),
-        ("create", "pods", false, false, false),
-        ("patch", "pods", false, false, false),
-        ("delete", "pods", false, false, false),
-        ("update", "namespaces", false, false, false),
-        (
-            "create",
-            "authorizationpolicies.security.istio.io",
-            false,
-            false,
-            false,
-        ),
-        ("create", "serviceaccounts/token", false, false, false),
-        (
-            "create",
-            "certificatesigningrequests.certificates.k8s.io",
-            false,
-            false,
-            false,
-        ),
+        ("list",   "pods",                                            true,  true,  true),
+        ("watch",  "pods",                                            true,  true,  true),
+        ("list",   "namespaces",                                      true,  true,  true),
+        ("watch",  "services",                                        true,  false, true),
+        ("watch",  "endpointslices.discovery.k8s.io",                 true,  false, true),
+        ("list",   "serviceaccounts",                                 true,  false, false),
+        ("watch",  "nodes",                                           true,  false, false),
+        ("watch",  "authorizationpolicies.security.istio.io",         true,  false, true),
+        ("watch",  "peerauthentications.security.istio.io",           true,  false, true),
+        ("watch",  "requestauthentications.security.istio.io",        false, false, true),
+        ("watch",  "virtualservices.networking.istio.io",             false, false, true),
+        ("watch",  "destinationrules.networking.istio.io",            false, false, true),
+        ("watch",  "httproutes.gateway.networking.k8s.io",            false, false, true),
+        ("get",    "secrets",                                         false, false, false),
+        ("list",   "configmaps",                                      false, false, false),
+        ("create", "pods",                                            false, false, false),
+        ("patch",  "pods",                                            false, false, false),
+        ("delete", "pods",                                            false, false, false),
+        ("update", "namespaces",                                      false, false, false),
+        ("create", "authorizationpolicies.security.istio.io",         false, false, false),
+        ("create", "serviceaccounts/token",                           false, false, false),
+        ("create", "certificatesigningrequests.certificates.k8s.io",  false, false, false),
     ];
     for &(verb, resource, z, c, w) in matrix {
         assert_eq!(
