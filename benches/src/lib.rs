@@ -1,11 +1,19 @@
 //! Benchmarks of the mesh. Figures are always reported beside a baseline measured in the
-//! same run (plain TCP), as a ratio, because these machines are shared and noisy.
+//! same run, as a ratio, because these machines are shared and noisy.
 //!
-//! * [`loopback`]: the HBONE library alone on 127.0.0.1, against plain TCP and plain TLS
-//!   (`cargo bench -p mesh-benches --bench hbone`).
-//! * [`report`]: the per-run table of medians and ratios.
-//!
-//! Whole-mesh benchmarks on the simulated cluster (issue 6) will reuse the `mesh-tests` harness.
+//! * [`loopback`], [`report`]: the HBONE library alone on 127.0.0.1 against plain TCP and
+//!   plain TLS (`cargo bench -p mesh-benches --bench hbone`).
+//! * The whole mesh on the simulated cluster (`scripts/bench`, the `mesh-bench` binary):
+//!   [`cluster`] builds it and names the paths, [`load`] drives traffic, [`procstat`]
+//!   reads the mesh's CPU and memory, [`suite`] runs the plan, [`summary`] compares with
+//!   the baseline and the targets, [`publish`] writes JSON, Markdown and [`svg`] charts.
 
+pub mod cluster;
+pub mod load;
 pub mod loopback;
+pub mod procstat;
+pub mod publish;
 pub mod report;
+pub mod suite;
+pub mod summary;
+pub mod svg;

@@ -19,7 +19,8 @@
 //! [`netns`] creates namespaces and enters them, [`cluster`] wires nodes and pods,
 //! [`kube_yaml`] writes the matching Kubernetes objects, [`process`] runs programs inside
 //! pods, [`apps`] are the servers and clients those programs are, and [`cleanup`] makes
-//! sure all of it disappears on drop, panic and Ctrl-C.
+//! sure all of it disappears on drop, panic and Ctrl-C. [`mesh`] starts the mesh's own
+//! processes on a cluster.
 
 pub mod addressing;
 pub mod apps;
@@ -30,6 +31,7 @@ pub mod eventually;
 pub mod kube_control_plane;
 pub mod kube_yaml;
 pub mod kubectl;
+pub mod mesh;
 pub mod netns;
 pub mod process;
 pub mod topology;

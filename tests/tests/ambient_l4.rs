@@ -2,14 +2,12 @@
 //! simulated node, the file config source, real iptables in pods, real apps.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::cert::LocalCa;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
-use mesh_tests::apps::workspace_binary;
-use mesh_tests::{Cluster, Process, eventually};
+use mesh_tests::{Cluster, Process, eventually, mesh};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -19,57 +17,12 @@ fn cluster() -> Cluster {
         .expect("building the cluster")
 }
 
-/// Paths of one node's mesh components.
-fn zds_socket(cluster: &Cluster, node: &str) -> PathBuf {
-    cluster.work_dir().join(format!("{node}-zds.sock"))
-}
-
 fn start_agent(cluster: &Cluster, node: &str) -> Arc<Process> {
-    let config = cluster.config_dir().display().to_string();
-    let socket = zds_socket(cluster, node).display().to_string();
-    let netns = cluster.node(node).pod_netns_dir().display().to_string();
-    let plugin = cluster
-        .work_dir()
-        .join(format!("{node}-cni.sock"))
-        .display()
-        .to_string();
-    let args = [
-        "--config-dir",
-        &config,
-        "--node-name",
-        node,
-        "--zds-socket",
-        &socket,
-        "--netns-dir",
-        &netns,
-        "--no-proc-scan",
-        "--plugin-socket",
-        &plugin,
-    ];
-    cluster
-        .node(node)
-        .spawn(workspace_binary("istio-cni-agent").unwrap(), args)
-        .unwrap()
+    mesh::start_agent(cluster, node).unwrap()
 }
 
 fn start_ztunnel(cluster: &Cluster, node: &str) -> Arc<Process> {
-    let config = cluster.config_dir().display().to_string();
-    let socket = zds_socket(cluster, node).display().to_string();
-    let ca = cluster.work_dir().join("ca").display().to_string();
-    let args = [
-        "--config-dir",
-        &config,
-        "--node-name",
-        node,
-        "--zds-socket",
-        &socket,
-        "--ca-dir",
-        &ca,
-    ];
-    cluster
-        .node(node)
-        .spawn(workspace_binary("ztunnel").unwrap(), args)
-        .unwrap()
+    mesh::start_ztunnel(cluster, node).unwrap()
 }
 
 fn get(cluster: &Cluster, from: &str, to: SocketAddr) -> Result<String, String> {

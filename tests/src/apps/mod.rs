@@ -7,6 +7,7 @@
 
 pub mod http_echo;
 pub mod tcp_echo;
+pub mod tcp_sink;
 
 use std::path::PathBuf;
 

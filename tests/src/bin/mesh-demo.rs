@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mesh_core::cert::LocalCa;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
-use mesh_tests::apps::{tcp_echo, workspace_binary};
+use mesh_tests::apps::tcp_echo;
+use mesh_tests::mesh::Mesh;
 use mesh_tests::{Cluster, eventually};
 
 /// Build a simulated two-node cluster from network namespaces and show pod-to-pod traffic.
@@ -71,46 +71,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The mesh: a CA, then istio-cni's agent and ztunnel on every node.
-    let ca_dir = cluster.work_dir().join("ca");
-    LocalCa::generate("cluster.local")?.write_to(&ca_dir)?;
-    let config = cluster.config_dir().display().to_string();
-    let mut ztunnels = Vec::new();
-    for node in cluster.nodes() {
-        let socket = cluster
-            .work_dir()
-            .join(format!("{}-zds.sock", node.name()))
-            .display()
-            .to_string();
-        let common = [
-            "--config-dir",
-            &config,
-            "--node-name",
-            node.name(),
-            "--zds-socket",
-            &socket,
-        ];
-        let netns = node.pod_netns_dir().display().to_string();
-        let plugin = cluster
-            .work_dir()
-            .join(format!("{}-cni.sock", node.name()))
-            .display()
-            .to_string();
-        let agent_args = [
-            &common[..],
-            &[
-                "--netns-dir",
-                &netns,
-                "--no-proc-scan",
-                "--plugin-socket",
-                &plugin,
-            ],
-        ]
-        .concat();
-        node.spawn(workspace_binary("istio-cni-agent")?, agent_args)?;
-        let ca = ca_dir.display().to_string();
-        let ztunnel_args = [&common[..], &["--ca-dir", &ca]].concat();
-        ztunnels.push(node.spawn(workspace_binary("ztunnel")?, ztunnel_args)?);
-    }
+    let mesh = Mesh::start(&cluster)?;
+    let ztunnels: Vec<_> = cluster
+        .nodes()
+        .iter()
+        .map(|node| mesh.ztunnel(node.name()).clone())
+        .collect();
     println!(
         "\nStarted istio-cni-agent and ztunnel on {} nodes.",
         cluster.nodes().len()

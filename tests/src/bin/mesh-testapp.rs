@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mesh_tests::apps::http_echo::{self, HttpVersion, ServerIdentity};
-use mesh_tests::apps::{READY_LINE, tcp_echo};
+use mesh_tests::apps::{READY_LINE, tcp_echo, tcp_sink};
 use tokio::net::TcpListener;
 
 /// Test applications for the simulated cluster: echo servers and their clients.
@@ -24,6 +24,12 @@ enum Command {
     TcpEcho {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7000")]
+        listen: SocketAddr,
+    },
+    /// Read each TCP connection to its end, then answer with the byte count.
+    TcpSink {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7001")]
         listen: SocketAddr,
     },
     /// Answer HTTP/1.1 and HTTP/2 with JSON naming this pod and echoing the request headers.
@@ -73,6 +79,10 @@ async fn main() -> anyhow::Result<()> {
         Command::TcpEcho { listen } => {
             let listener = bind(listen).await?;
             tcp_echo::serve(listener).await.context("tcp-echo stopped")
+        }
+        Command::TcpSink { listen } => {
+            let listener = bind(listen).await?;
+            tcp_sink::serve(listener).await.context("tcp-sink stopped")
         }
         Command::HttpEcho {
             listen,

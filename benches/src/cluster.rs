@@ -1,0 +1,189 @@
+//! The benchmark cluster: two simulated nodes with the real mesh binaries and real
+//! in-pod redirection, and the four paths a figure is measured on.
+//!
+//! ```text
+//!   n1: client (mesh), local-server (mesh), direct-client (not in the mesh)
+//!   n2: server (mesh, behind Service mesh/server), direct-server (not in the mesh)
+//! ```
+//!
+//! Every server pod runs a TCP echo server (request/response, connections) and a TCP sink
+//! (bulk throughput).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_tests::mesh::Mesh;
+use mesh_tests::{Cluster, HarnessError, Pod, Process, eventually};
+use serde::Serialize;
+
+/// The echo server's port in every server pod.
+pub const ECHO_PORT: u16 = 7000;
+/// The sink's port in every server pod.
+pub const SINK_PORT: u16 = 7001;
+
+/// A way from a client to a server that a figure is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// Pod to pod across nodes, no mesh: the baseline.
+    Direct,
+    /// Through the mesh, client and server on one node.
+    MeshSameNode,
+    /// Through the mesh across nodes (two ztunnels, one HBONE tunnel).
+    MeshCrossNode,
+    /// Through the mesh to the server's Service VIP.
+    MeshVip,
+}
+
+impl Path {
+    /// Every path, the baseline first.
+    pub const ALL: [Path; 4] = [
+        Path::Direct,
+        Path::MeshSameNode,
+        Path::MeshCrossNode,
+        Path::MeshVip,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::MeshSameNode => "mesh-same-node",
+            Path::MeshCrossNode => "mesh-cross-node",
+            Path::MeshVip => "mesh-vip",
+        }
+    }
+
+    fn client(self) -> &'static str {
+        match self {
+            Path::Direct => "direct-client",
+            _ => "client",
+        }
+    }
+
+    fn server(self) -> &'static str {
+        match self {
+            Path::Direct => "direct-server",
+            Path::MeshSameNode => "local-server",
+            Path::MeshCrossNode | Path::MeshVip => "server",
+        }
+    }
+}
+
+/// The running benchmark cluster.
+pub struct BenchCluster {
+    servers: Vec<Arc<Process>>,
+    /// The mesh's processes.
+    pub mesh: Mesh,
+    /// The simulated cluster (dropped last: it removes everything).
+    pub cluster: Cluster,
+}
+
+impl std::fmt::Debug for BenchCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchCluster")
+            .field("cluster", &self.cluster.id())
+            .finish()
+    }
+}
+
+impl BenchCluster {
+    /// Builds the cluster, starts the servers and the mesh, and waits until every mesh
+    /// path really goes through the mesh (the server's ztunnel logs a mutual-TLS
+    /// connection to it).
+    pub fn start() -> Result<Self, HarnessError> {
+        let cluster = Cluster::builder()
+            .node("n1")
+            .pod("client")
+            .namespace("mesh")
+            .service_account("client")
+            .pod("local-server")
+            .namespace("mesh")
+            .labels([("app", "local")])
+            .pod("direct-client")
+            .namespace("direct")
+            .node("n2")
+            .pod("server")
+            .namespace("mesh")
+            .labels([("app", "server")])
+            .pod("direct-server")
+            .namespace("direct")
+            .service("server")
+            .namespace("mesh")
+            .selector([("app", "server")])
+            .port(ECHO_PORT, ECHO_PORT)
+            .port(SINK_PORT, SINK_PORT)
+            .namespace_labels("mesh", [("istio.io/dataplane-mode", "ambient")])
+            .build()?;
+        let mut servers = Vec::new();
+        for pod in ["local-server", "server", "direct-server"] {
+            let pod = cluster.pod(pod);
+            servers.push(pod.serve(["tcp-echo", "--listen", &format!("0.0.0.0:{ECHO_PORT}")])?);
+            servers.push(pod.serve(["tcp-sink", "--listen", &format!("0.0.0.0:{SINK_PORT}")])?);
+        }
+        let mesh = Mesh::start(&cluster)?;
+        let bench = BenchCluster {
+            servers,
+            mesh,
+            cluster,
+        };
+        for path in [Path::MeshSameNode, Path::MeshCrossNode, Path::MeshVip] {
+            bench.wait_through_mesh(path)?;
+        }
+        Ok(bench)
+    }
+
+    fn wait_through_mesh(&self, path: Path) -> Result<(), HarnessError> {
+        let server = self.cluster.pod(path.server());
+        let ztunnel = self.mesh.ztunnel(server.node_name());
+        let target = self.echo(path);
+        let dst = format!("dst={}:{ECHO_PORT}", server.ip());
+        eventually(
+            format!("{} to go through the mesh", path.name()),
+            Duration::from_secs(30),
+            || {
+                self.client(path)
+                    .run(|| crate::load::idle_connections(target, 1))
+                    .map_err(|err| err.to_string())?
+                    .map_err(|err| err.to_string())?;
+                let log = ztunnel.stdout();
+                if log
+                    .lines()
+                    .any(|l| l.contains(&dst) && l.contains("mutual_tls"))
+                {
+                    Ok(())
+                } else {
+                    Err("not through the mesh yet".to_string())
+                }
+            },
+        )
+    }
+
+    /// The pod a path's load runs in.
+    pub fn client(&self, path: Path) -> &Pod {
+        self.cluster.pod(path.client())
+    }
+
+    fn address(&self, path: Path, port: u16) -> SocketAddr {
+        match path {
+            Path::MeshVip => SocketAddr::from((self.cluster.service_ip("mesh", "server"), port)),
+            _ => SocketAddr::from((self.cluster.pod(path.server()).ip(), port)),
+        }
+    }
+
+    /// The path's echo server.
+    pub fn echo(&self, path: Path) -> SocketAddr {
+        self.address(path, ECHO_PORT)
+    }
+
+    /// The path's sink.
+    pub fn sink(&self, path: Path) -> SocketAddr {
+        self.address(path, SINK_PORT)
+    }
+
+    /// Process ids of the server apps.
+    pub fn server_pids(&self) -> Vec<i32> {
+        self.servers.iter().map(|p| p.pid()).collect()
+    }
+}

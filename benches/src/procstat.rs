@@ -1,0 +1,101 @@
+//! CPU time and memory of the mesh's processes, read from /proc, and CPU pinning.
+
+use std::fs;
+use std::io;
+
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+
+/// Nanoseconds `pid` has run on a CPU, summed over its live threads (schedstat is in
+/// nanoseconds, unlike /proc/<pid>/stat's clock ticks).
+pub fn cpu_ns(pid: i32) -> io::Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue; // the thread exited meanwhile
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| io::Error::other(format!("{}: {text}", path.display())))?;
+    }
+    Ok(total)
+}
+
+fn status_kib(pid: i32, field: &str) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| io::Error::other(format!("no {field} for pid {pid}")))
+}
+
+/// Resident memory now, KiB.
+pub fn rss_kib(pid: i32) -> io::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest resident memory so far, KiB.
+pub fn peak_rss_kib(pid: i32) -> io::Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Restricts every thread of `pid` to `cpus` (threads it starts later inherit it).
+pub fn set_affinity(pid: i32, cpus: &[usize]) -> io::Result<()> {
+    let set = cpu_set(cpus)?;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: i32 = task?
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .map_err(io::Error::other)?;
+        sched_setaffinity(Pid::from_raw(tid), &set).map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// Restricts the calling thread to `cpus`; threads it starts later inherit that.
+pub fn set_thread_affinity(cpus: &[usize]) -> io::Result<()> {
+    sched_setaffinity(Pid::from_raw(0), &cpu_set(cpus)?).map_err(io::Error::other)
+}
+
+fn cpu_set(cpus: &[usize]) -> io::Result<CpuSet> {
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).map_err(io::Error::other)?;
+    }
+    Ok(set)
+}
+
+/// Every CPU this machine has.
+pub fn all_cpus() -> Vec<usize> {
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id() as i32;
+        let before = cpu_ns(pid).unwrap();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_ns(pid).unwrap() > before);
+        let rss = rss_kib(pid).unwrap();
+        assert!(rss > 100 && peak_rss_kib(pid).unwrap() >= rss);
+    }
+}

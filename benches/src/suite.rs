@@ -1,0 +1,523 @@
+//! The cluster benchmark suite: what is measured, how long, how often, and the results.
+//!
+//! Every repetition runs every path in turn (so drift on a shared machine spreads over all
+//! of them); each figure is the median of its repetitions, with min and max beside it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cluster::{BenchCluster, Path};
+use crate::load::{self, LatencyRun};
+use crate::procstat;
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Seconds in all: the plumbing test's sizes, not a measurement.
+    Tiny,
+    /// Under two minutes.
+    Quick,
+    /// Under fifteen minutes.
+    Full,
+}
+
+/// The sizes of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Which mode this is.
+    pub mode: Mode,
+    /// Measured repetitions (after one warm-up).
+    pub repetitions: usize,
+    /// Length of each measured run.
+    pub run: Duration,
+    /// Length of the warm-up run per path.
+    pub warmup: Duration,
+    /// Stream counts of the bulk runs.
+    pub streams: Vec<usize>,
+    /// Offered rates of the open-loop runs, requests per second.
+    pub rates: Vec<f64>,
+    /// Connections sharing each open-loop rate.
+    pub open_loop_connections: usize,
+    /// Idle connections held open for the memory figure.
+    pub idle_connections: usize,
+    /// High-volume connections of the memory burst, and how long RSS may take to settle.
+    pub burst: (usize, Duration),
+}
+
+impl Plan {
+    /// The plan of `mode`.
+    pub fn for_mode(mode: Mode) -> Self {
+        match mode {
+            Mode::Tiny => Plan {
+                mode,
+                repetitions: 1,
+                run: Duration::from_millis(150),
+                warmup: Duration::from_millis(50),
+                streams: vec![1, 2],
+                rates: vec![200.0],
+                open_loop_connections: 2,
+                idle_connections: 20,
+                burst: (4, Duration::from_secs(2)),
+            },
+            Mode::Quick => Plan {
+                mode,
+                repetitions: 3,
+                run: Duration::from_millis(700),
+                warmup: Duration::from_millis(300),
+                streams: vec![1, 4, 8],
+                rates: vec![1_000.0, 10_000.0],
+                open_loop_connections: 4,
+                idle_connections: 1_000,
+                burst: (150, Duration::from_secs(15)),
+            },
+            Mode::Full => Plan {
+                mode,
+                repetitions: 5,
+                run: Duration::from_secs(3),
+                warmup: Duration::from_secs(1),
+                streams: vec![1, 4, 8],
+                rates: vec![1_000.0, 10_000.0],
+                open_loop_connections: 4,
+                idle_connections: 10_000,
+                burst: (150, Duration::from_secs(60)),
+            },
+        }
+    }
+}
+
+/// A figure over the repetitions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stat {
+    /// Median of the samples.
+    pub median: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Every sample, in run order.
+    pub samples: Vec<f64>,
+}
+
+impl Stat {
+    /// The statistic of `samples`.
+    pub fn of(samples: Vec<f64>) -> Self {
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = match sorted.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Stat {
+            median,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+            samples,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds, and the achieved rate.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latencies {
+    /// Median.
+    pub p50: Stat,
+    /// 90th percentile.
+    pub p90: Stat,
+    /// 99th percentile.
+    pub p99: Stat,
+    /// 99.9th percentile.
+    pub p999: Stat,
+    /// Completed operations per second.
+    pub rate: Stat,
+}
+
+/// Per-repetition samples of one latency figure.
+#[derive(Default)]
+struct LatencySamples(Vec<[f64; 5]>);
+
+impl LatencySamples {
+    fn push(&mut self, run: &LatencyRun) {
+        self.0.push([
+            run.quantile_us(0.5),
+            run.quantile_us(0.9),
+            run.quantile_us(0.99),
+            run.quantile_us(0.999),
+            run.rate(),
+        ]);
+    }
+
+    fn summarize(&self) -> Latencies {
+        let column = |i: usize| Stat::of(self.0.iter().map(|s| s[i]).collect());
+        Latencies {
+            p50: column(0),
+            p90: column(1),
+            p99: column(2),
+            p999: column(3),
+            rate: column(4),
+        }
+    }
+}
+
+/// Everything measured on one path.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PathResults {
+    /// Bulk throughput in Gbit/s, by stream count.
+    pub throughput_gbps: BTreeMap<usize, Stat>,
+    /// One connection, requests back to back.
+    pub closed_loop: Latencies,
+    /// Fixed offered rates (coordinated-omission corrected), by requests per second.
+    pub open_loop: BTreeMap<u64, Latencies>,
+    /// New connections (connect, 1-byte ping-pong, close) back to back.
+    pub connections: Latencies,
+}
+
+/// What the mesh's processes cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Costs {
+    /// CPU µs per request, per ztunnel, at the first open-loop rate on the cross-node path.
+    pub cpu_us_per_request_per_ztunnel: Stat,
+    /// CPU seconds of all mesh processes (ztunnels and agents) per 1,000 such requests.
+    pub cpu_seconds_per_1000_requests_all: Stat,
+    /// CPU µs of both ztunnels together per new cross-node connection.
+    pub cpu_us_per_connection_both_ztunnels: Stat,
+    /// Resident memory of each ztunnel when idle, MiB (the larger of the two).
+    pub idle_rss_mib: f64,
+    /// Extra resident memory per idle proxied connection, KiB (the larger ztunnel).
+    pub kib_per_idle_connection: f64,
+    /// Connections held for that figure.
+    pub idle_connections: usize,
+    /// The highest resident memory either ztunnel reached, MiB.
+    pub peak_rss_mib: f64,
+    /// After a burst of high-volume connections: seconds until both ztunnels were back
+    /// within 1.1x their idle RSS (`None`: not within the plan's window).
+    pub burst_recovery_seconds: Option<f64>,
+    /// The ztunnels' RSS right after the burst, MiB (the larger).
+    pub burst_rss_mib: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// When (UTC, RFC 3339).
+    pub date: String,
+    /// What ran it.
+    pub machine: String,
+    /// The sizes.
+    pub plan: Plan,
+    /// Figures per path.
+    pub paths: BTreeMap<Path, PathResults>,
+    /// Costs of the mesh's processes.
+    pub costs: Costs,
+    /// Latency at the first open-loop rate with client, server and both ztunnels pinned to
+    /// CPU 0 (cross-CPU wake-ups left out), direct and cross-node.
+    pub pinned_open_loop: BTreeMap<Path, Latencies>,
+}
+
+/// Progress lines go to stderr, so stdout stays the report.
+fn progress(message: &str) {
+    eprintln!("[mesh-bench] {message}");
+}
+
+type BenchResult<T> = Result<T, String>;
+
+fn in_client<T: Send>(
+    bench: &BenchCluster,
+    path: Path,
+    work: impl FnOnce() -> std::io::Result<T> + Send,
+) -> BenchResult<T> {
+    bench
+        .client(path)
+        .run(work)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: {e}", path.name()))
+}
+
+fn ztunnel_pids(bench: &BenchCluster) -> Vec<i32> {
+    ["n1", "n2"]
+        .iter()
+        .map(|n| bench.mesh.ztunnel(n).pid())
+        .collect()
+}
+
+fn mesh_pids(bench: &BenchCluster) -> Vec<i32> {
+    bench
+        .mesh
+        .processes()
+        .iter()
+        .map(|(_, p)| p.pid())
+        .collect()
+}
+
+fn cpu_ns(pids: &[i32]) -> BenchResult<Vec<u64>> {
+    pids.iter()
+        .map(|&pid| procstat::cpu_ns(pid).map_err(|e| format!("cpu of {pid}: {e}")))
+        .collect()
+}
+
+fn rss_mib(pids: &[i32]) -> BenchResult<f64> {
+    let mut max = 0.0f64;
+    for &pid in pids {
+        let kib = procstat::rss_kib(pid).map_err(|e| format!("rss of {pid}: {e}"))?;
+        max = max.max(kib as f64 / 1024.0);
+    }
+    Ok(max)
+}
+
+/// Runs the whole plan on a fresh benchmark cluster.
+pub fn run(plan: &Plan) -> BenchResult<Results> {
+    raise_file_limit();
+    progress("building the cluster and starting the mesh");
+    let bench = BenchCluster::start().map_err(|e| e.to_string())?;
+    let ztunnels = ztunnel_pids(&bench);
+    let idle_rss = ztunnels
+        .iter()
+        .map(|&pid| procstat::rss_kib(pid).map(|k| k as f64 / 1024.0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+
+    let mut throughput: BTreeMap<(Path, usize), Vec<f64>> = BTreeMap::new();
+    let mut closed: BTreeMap<Path, LatencySamples> = BTreeMap::new();
+    let mut open: BTreeMap<(Path, u64), LatencySamples> = BTreeMap::new();
+    let mut connections: BTreeMap<Path, LatencySamples> = BTreeMap::new();
+    let (mut cpu_request, mut cpu_all, mut cpu_connection) = (Vec::new(), Vec::new(), Vec::new());
+
+    for repetition in 0..=plan.repetitions {
+        let warmup = repetition == 0;
+        let length = if warmup { plan.warmup } else { plan.run };
+        progress(&if warmup {
+            "warm-up".to_string()
+        } else {
+            format!("repetition {repetition}/{}", plan.repetitions)
+        });
+        for path in Path::ALL {
+            for &streams in &plan.streams {
+                let sink = bench.sink(path);
+                let run = in_client(&bench, path, || load::bulk(sink, streams, length))?;
+                if !warmup {
+                    throughput
+                        .entry((path, streams))
+                        .or_default()
+                        .push(run.bits_per_second() / 1e9);
+                }
+            }
+            let echo = bench.echo(path);
+            let run = in_client(&bench, path, || load::closed_loop(echo, length))?;
+            if !warmup {
+                closed.entry(path).or_default().push(&run);
+            }
+            for (index, &rate) in plan.rates.iter().enumerate() {
+                let measure_cpu = index == 0 && path == Path::MeshCrossNode && !warmup;
+                let all = mesh_pids(&bench);
+                let before = cpu_ns(&all)?;
+                let run = in_client(&bench, path, || {
+                    load::open_loop(echo, rate, plan.open_loop_connections, length)
+                })?;
+                let after = cpu_ns(&all)?;
+                if measure_cpu {
+                    let requests = run.histogram.len() as f64;
+                    let spent: Vec<f64> = before
+                        .iter()
+                        .zip(&after)
+                        .map(|(b, a)| a.saturating_sub(*b) as f64)
+                        .collect();
+                    // ztunnels come first in Mesh::processes.
+                    let ztunnel_ns = spent[..2].iter().sum::<f64>() / 2.0;
+                    cpu_request.push(ztunnel_ns / 1000.0 / requests);
+                    cpu_all.push(spent.iter().sum::<f64>() / 1e9 / requests * 1000.0);
+                }
+                if !warmup {
+                    open.entry((path, rate as u64)).or_default().push(&run);
+                }
+            }
+            let before = cpu_ns(&ztunnels)?;
+            let run = in_client(&bench, path, || load::connections(echo, length))?;
+            let after = cpu_ns(&ztunnels)?;
+            if !warmup {
+                if path == Path::MeshCrossNode {
+                    let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+                    cpu_connection.push(spent as f64 / 1000.0 / run.histogram.len() as f64);
+                }
+                connections.entry(path).or_default().push(&run);
+            }
+        }
+    }
+
+    let mut paths: BTreeMap<Path, PathResults> = BTreeMap::new();
+    for ((path, streams), samples) in throughput {
+        paths
+            .entry(path)
+            .or_default()
+            .throughput_gbps
+            .insert(streams, Stat::of(samples));
+    }
+    for (path, samples) in closed {
+        paths.entry(path).or_default().closed_loop = samples.summarize();
+    }
+    for ((path, rate), samples) in open {
+        paths
+            .entry(path)
+            .or_default()
+            .open_loop
+            .insert(rate, samples.summarize());
+    }
+    for (path, samples) in connections {
+        paths.entry(path).or_default().connections = samples.summarize();
+    }
+
+    let pinned_open_loop = pinned(&bench, plan)?;
+    let mut costs = memory(&bench, plan, &idle_rss)?;
+    costs.cpu_us_per_request_per_ztunnel = Stat::of(cpu_request);
+    costs.cpu_seconds_per_1000_requests_all = Stat::of(cpu_all);
+    costs.cpu_us_per_connection_both_ztunnels = Stat::of(cpu_connection);
+
+    Ok(Results {
+        date: now_utc(),
+        machine: machine(),
+        plan: plan.clone(),
+        paths,
+        costs,
+        pinned_open_loop,
+    })
+}
+
+/// The first open-loop rate again, direct and cross-node, with the client, the server
+/// apps and both ztunnels on CPU 0; everything is unpinned afterwards.
+fn pinned(bench: &BenchCluster, plan: &Plan) -> BenchResult<BTreeMap<Path, Latencies>> {
+    progress("pinned to one CPU");
+    let pids: Vec<i32> = ztunnel_pids(bench)
+        .into_iter()
+        .chain(bench.server_pids())
+        .collect();
+    let pin = |cpus: &[usize]| -> BenchResult<()> {
+        for &pid in &pids {
+            procstat::set_affinity(pid, cpus).map_err(|e| format!("pinning {pid}: {e}"))?;
+        }
+        Ok(())
+    };
+    pin(&[0])?;
+    let rate = plan.rates[0];
+    let mut results = BTreeMap::new();
+    let outcome = (|| -> BenchResult<()> {
+        for path in [Path::Direct, Path::MeshCrossNode] {
+            let mut samples = LatencySamples::default();
+            for _ in 0..plan.repetitions {
+                let echo = bench.echo(path);
+                let run = in_client(bench, path, || {
+                    // The load threads inherit this thread's affinity.
+                    procstat::set_thread_affinity(&[0])?;
+                    load::open_loop(echo, rate, plan.open_loop_connections, plan.run)
+                })?;
+                samples.push(&run);
+            }
+            results.insert(path, samples.summarize());
+        }
+        Ok(())
+    })();
+    pin(&procstat::all_cpus())?;
+    outcome.map(|()| results)
+}
+
+/// Memory: idle connections, the peak, and recovery after a burst.
+fn memory(bench: &BenchCluster, plan: &Plan, idle_rss: &[f64]) -> BenchResult<Costs> {
+    let ztunnels = ztunnel_pids(bench);
+    let idle = idle_rss.iter().copied().fold(0.0, f64::max);
+    progress(&format!("{} idle connections", plan.idle_connections));
+    let path = Path::MeshCrossNode;
+    let echo = bench.echo(path);
+    let before: Vec<u64> = ztunnels
+        .iter()
+        .map(|&p| procstat::rss_kib(p))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let count = plan.idle_connections;
+    let per_connection = bench
+        .client(path)
+        .run(|| -> std::io::Result<f64> {
+            let held = load::idle_connections(echo, count)?;
+            std::thread::sleep(Duration::from_millis(500));
+            let mut worst = 0.0f64;
+            for (&pid, &was) in ztunnels.iter().zip(&before) {
+                let now = procstat::rss_kib(pid)?;
+                worst = worst.max(now.saturating_sub(was) as f64 / count as f64);
+            }
+            drop(held);
+            Ok(worst)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+
+    let (streams, window) = plan.burst;
+    progress(&format!("burst of {streams} high-volume connections"));
+    let sink = bench.sink(path);
+    in_client(bench, path, || {
+        load::bulk(sink, streams, plan.run.max(Duration::from_secs(1)))
+    })?;
+    let burst_rss = rss_mib(&ztunnels)?;
+    let start = Instant::now();
+    let mut recovery = None;
+    while start.elapsed() < window {
+        let settled = ztunnels.iter().zip(idle_rss).all(|(&pid, &idle)| {
+            procstat::rss_kib(pid).is_ok_and(|kib| kib as f64 / 1024.0 <= idle * 1.1)
+        });
+        if settled {
+            recovery = Some(start.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut peak = 0.0f64;
+    for &pid in &ztunnels {
+        let kib = procstat::peak_rss_kib(pid).map_err(|e| e.to_string())?;
+        peak = peak.max(kib as f64 / 1024.0);
+    }
+    Ok(Costs {
+        idle_rss_mib: idle,
+        kib_per_idle_connection: per_connection,
+        idle_connections: count,
+        peak_rss_mib: peak,
+        burst_recovery_seconds: recovery,
+        burst_rss_mib: burst_rss,
+        ..Costs::default()
+    })
+}
+
+/// Holding thousands of connections needs more descriptors than the default soft limit;
+/// the mesh's processes inherit the raised limit.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = 65_536;
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err()
+        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn now_utc() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// CPU model, CPU count and kernel: what a reader needs to weigh the figures.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split(':')
+                    .nth(1)
+                    .map(|m| m.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
+    format!("{} x {model}, Linux {kernel}", procstat::all_cpus().len())
+}

@@ -1,0 +1,280 @@
+//! Turns a run's [`Results`] into what people read: the Markdown tables (every figure
+//! beside the direct baseline from the same run) and the targets, met or missed.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::cluster::Path;
+use crate::suite::{Latencies, Results, Stat};
+
+/// A target from the benchmark issue, and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub name: String,
+    /// The bound.
+    pub bound: String,
+    /// What this run measured.
+    pub measured: String,
+    /// Whether the run met it (`None`: not measurable in this mode).
+    pub met: Option<bool>,
+}
+
+fn target(name: &str, bound: &str, measured: String, met: Option<bool>) -> Target {
+    Target {
+        name: name.into(),
+        bound: bound.into(),
+        measured,
+        met,
+    }
+}
+
+/// The targets, evaluated on `results`.
+pub fn targets(results: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let throughput = |path: Path, streams: usize| {
+        results
+            .paths
+            .get(&path)
+            .and_then(|p| p.throughput_gbps.get(&streams))
+            .map(|s| s.median)
+    };
+    if let (Some(mesh), Some(direct)) = (
+        throughput(Path::MeshCrossNode, 1),
+        throughput(Path::Direct, 1),
+    ) {
+        let ratio = mesh / direct;
+        out.push(target(
+            "cross-node single-stream throughput / direct",
+            ">= 0.40x",
+            format!("{ratio:.2}x"),
+            Some(ratio >= 0.40),
+        ));
+        for streams in [4, 8] {
+            if let Some(many) = throughput(Path::MeshCrossNode, streams) {
+                let ratio = many / mesh;
+                out.push(target(
+                    &format!("cross-node {streams} streams / 1 stream"),
+                    ">= 1.1x",
+                    format!("{ratio:.2}x"),
+                    Some(ratio >= 1.1),
+                ));
+            }
+        }
+    }
+    let rate = results.plan.rates.first().copied().unwrap_or(1000.0) as u64;
+    let open = |path: Path| {
+        results
+            .paths
+            .get(&path)
+            .and_then(|p| p.open_loop.get(&rate))
+    };
+    if let (Some(mesh), Some(direct)) = (open(Path::MeshCrossNode), open(Path::Direct)) {
+        for (name, bound, mesh, direct) in [
+            ("p50", 55.0, &mesh.p50, &direct.p50),
+            ("p99", 250.0, &mesh.p99, &direct.p99),
+        ] {
+            let added = mesh.median - direct.median;
+            out.push(target(
+                &format!("added {name} latency at {rate} req/s of 1 KiB, cross-node"),
+                &format!("<= {bound} µs"),
+                format!("{added:.0} µs"),
+                Some(added <= bound),
+            ));
+        }
+    }
+    let costs = &results.costs;
+    out.push(target(
+        &format!(
+            "CPU per request per ztunnel at {rate} req/s (1 KiB, {} connections)",
+            results.plan.open_loop_connections
+        ),
+        "<= 30 µs",
+        format!("{:.1} µs", costs.cpu_us_per_request_per_ztunnel.median),
+        Some(costs.cpu_us_per_request_per_ztunnel.median <= 30.0),
+    ));
+    out.push(target(
+        "CPU of both ztunnels per new connection over an existing tunnel",
+        "<= 100 µs",
+        format!("{:.1} µs", costs.cpu_us_per_connection_both_ztunnels.median),
+        Some(costs.cpu_us_per_connection_both_ztunnels.median <= 100.0),
+    ));
+    out.push(target(
+        "ztunnel RSS idle",
+        "<= 12 MiB",
+        format!("{:.1} MiB", costs.idle_rss_mib),
+        Some(costs.idle_rss_mib <= 12.0),
+    ));
+    out.push(target(
+        &format!(
+            "ztunnel RSS per idle proxied connection (measured at {} connections; the target is at 10,000)",
+            costs.idle_connections
+        ),
+        "<= 4 KiB",
+        format!("{:.2} KiB", costs.kib_per_idle_connection),
+        Some(costs.kib_per_idle_connection <= 4.0),
+    ));
+    let (burst, window) = results.plan.burst;
+    out.push(target(
+        &format!("back to <= 1.1x idle RSS after a burst of {burst} high-volume connections"),
+        "within 60 s",
+        match costs.burst_recovery_seconds {
+            Some(s) => format!("{s:.1} s (peak after burst {:.1} MiB)", costs.burst_rss_mib),
+            None => format!(
+                "not within {} s (after burst {:.1} MiB)",
+                window.as_secs(),
+                costs.burst_rss_mib
+            ),
+        },
+        match costs.burst_recovery_seconds {
+            Some(s) => Some(s <= 60.0),
+            None if window.as_secs() >= 60 => Some(false),
+            None => None,
+        },
+    ));
+    out
+}
+
+fn cell(stat: &Stat, baseline: Option<&Stat>, digits: usize) -> String {
+    let mut text = format!(
+        "{:.digits$} ({:.digits$}–{:.digits$})",
+        stat.median, stat.min, stat.max
+    );
+    if let Some(base) = baseline {
+        let _ = write!(text, " **{:.2}x**", stat.median / base.median);
+    }
+    text
+}
+
+fn header(out: &mut String, first: &[&str]) {
+    let names: Vec<&str> = Path::ALL.iter().map(|p| p.name()).collect();
+    let columns: Vec<&str> = first.iter().copied().chain(names).collect();
+    let _ = writeln!(out, "| {} |", columns.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(columns.len()));
+}
+
+fn latency_rows(out: &mut String, label: &str, pick: impl Fn(Path) -> Option<Latencies>) {
+    let direct = pick(Path::Direct);
+    for (name, get) in [
+        (
+            "p50",
+            (|l: &Latencies| l.p50.clone()) as fn(&Latencies) -> Stat,
+        ),
+        ("p90", |l| l.p90.clone()),
+        ("p99", |l| l.p99.clone()),
+        ("p99.9", |l| l.p999.clone()),
+        ("achieved rate /s", |l| l.rate.clone()),
+    ] {
+        let base = direct.as_ref().map(&get);
+        let cells: Vec<String> = Path::ALL
+            .iter()
+            .map(|&path| match pick(path) {
+                Some(l) if path == Path::Direct => cell(&get(&l), None, 0),
+                Some(l) => cell(&get(&l), base.as_ref(), 0),
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(out, "| {label} | {name} | {} |", cells.join(" | "));
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(results: &Results, targets: &[Target]) -> String {
+    let mut out = String::new();
+    let plan = &results.plan;
+    let _ = writeln!(
+        out,
+        "# Cluster benchmarks ({:?} mode, {})\n\nMachine: {}. Real binaries on the simulated \
+         two-node cluster (network namespaces, veths, in-pod redirection). Each figure is the \
+         median of {} repetitions of {:.1} s (min–max in brackets); **bold** is the ratio to \
+         `direct` (pod to pod across nodes, no mesh) measured in the same run.\n",
+        plan.mode,
+        results.date,
+        results.machine,
+        plan.repetitions,
+        plan.run.as_secs_f64()
+    );
+    let _ = writeln!(out, "## Bulk throughput, Gbit/s (higher is better)\n");
+    header(&mut out, &["streams"]);
+    for &streams in &plan.streams {
+        let get = |path: Path| {
+            results
+                .paths
+                .get(&path)
+                .and_then(|p| p.throughput_gbps.get(&streams))
+                .cloned()
+        };
+        let base = get(Path::Direct);
+        let cells: Vec<String> = Path::ALL
+            .iter()
+            .map(|&path| match get(path) {
+                Some(s) if path == Path::Direct => cell(&s, None, 2),
+                Some(s) => cell(&s, base.as_ref(), 2),
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(out, "| {streams} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(
+        out,
+        "\n## 1 KiB request/response latency, µs (lower is better)\n\nOpen-loop rates are \
+         offered over {} connections on a fixed schedule; latency counts from each request's \
+         intended send time (corrected for coordinated omission).\n",
+        plan.open_loop_connections
+    );
+    header(&mut out, &["run", "percentile"]);
+    latency_rows(&mut out, "closed loop, 1 connection", |path| {
+        results.paths.get(&path).map(|p| p.closed_loop.clone())
+    });
+    for &rate in &plan.rates {
+        latency_rows(&mut out, &format!("{rate} req/s"), |path| {
+            results
+                .paths
+                .get(&path)
+                .and_then(|p| p.open_loop.get(&(rate as u64)).cloned())
+        });
+    }
+    let _ = writeln!(
+        out,
+        "\n## New connections (connect, 1-byte ping-pong, close), µs\n"
+    );
+    header(&mut out, &["run", "percentile"]);
+    latency_rows(&mut out, "back to back", |path| {
+        results.paths.get(&path).map(|p| p.connections.clone())
+    });
+    if !results.pinned_open_loop.is_empty() {
+        let rate = plan.rates.first().copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\n## Pinned: client, servers and both ztunnels on CPU 0, {rate} req/s, µs\n\n\
+             Without cross-CPU wake-ups (each costs tens of µs in these VMs).\n"
+        );
+        header(&mut out, &["run", "percentile"]);
+        latency_rows(&mut out, "pinned", |path| {
+            results.pinned_open_loop.get(&path).cloned()
+        });
+    }
+    let _ = writeln!(
+        out,
+        "\n## Targets\n\n| target | bound | measured | met |\n|---|---|---|---|"
+    );
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured in this mode",
+        };
+        let _ = writeln!(out, "| {} | {} | {} | {met} |", t.name, t.bound, t.measured);
+    }
+    let costs = &results.costs;
+    let _ = writeln!(
+        out,
+        "\nAll mesh processes (both ztunnels and both istio-cni agents) used {:.3} CPU-seconds \
+         per 1,000 requests at {} req/s; peak ztunnel RSS over the whole run {:.1} MiB.",
+        costs.cpu_seconds_per_1000_requests_all.median,
+        plan.rates.first().copied().unwrap_or_default(),
+        costs.peak_rss_mib
+    );
+    out
+}
