@@ -14,6 +14,7 @@ pub mod client;
 pub mod headers;
 mod pool;
 pub mod server;
+pub mod splice;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use client::{ClientSettings, ConnectRequest, DialFuture, Dialer, DirectDiale
 pub use server::{
     HboneServer, InboundTunnel, PeerInfo, ServerSettings, ServerStats, TunnelHandler,
 };
+pub use splice::{Spliced, splice};
 pub use stream::H2Stream;
 
 use crate::cert::CertError;

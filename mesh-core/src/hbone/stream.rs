@@ -47,6 +47,14 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// The stream's halves and its pool slot (held until the caller is done), for
+    /// [`super::splice`], which drives h2 directly.
+    pub(crate) fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Option<Box<dyn StreamSlot>>) {
+        (self.send, self.recv, self._slot)
+    }
+}
+
 fn to_io(err: h2::Error) -> io::Error {
     if err.is_io() {
         err.into_io()

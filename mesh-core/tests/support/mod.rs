@@ -115,13 +115,14 @@ pub async fn serve_with(
             if tunnel.target().port() == DENIED_PORT {
                 return tunnel.reject(StatusCode::FORBIDDEN);
             }
-            let Ok(mut upstream) = TcpStream::connect(tunnel.target()).await else {
+            let Ok(upstream) = TcpStream::connect(tunnel.target()).await else {
                 return tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
             };
-            let Ok(mut downstream) = tunnel.accept() else {
+            let Ok(downstream) = tunnel.accept() else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+            // As ztunnel's inbound side does.
+            let _ = mesh_core::hbone::splice(&upstream, downstream).await;
         }
     };
     let server = HboneServer::new(listener, config, handler, ServerSettings::default());

@@ -40,7 +40,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         tracing::info!(direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity, ?decision, "connection denied");
         return tunnel.reject(StatusCode::UNAUTHORIZED);
     }
-    let mut upstream = match dial_app(&pod, src_ip, target).await {
+    let upstream = match dial_app(&pod, src_ip, target).await {
         Ok(upstream) => upstream,
         Err(err) => {
             tracing::info!(direction = "inbound", dst = %target, error = %err, "application unreachable");
@@ -52,7 +52,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         .get(headers::BAGGAGE)
         .map(headers::Baggage::parse)
         .unwrap_or_default();
-    let Ok(mut downstream) = tunnel.accept() else {
+    let Ok(downstream) = tunnel.accept() else {
         return;
     };
     ProxyStats::bump(&pod.stats.inbound_hbone);
@@ -68,14 +68,16 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         ..destination_labels(&pod)
     };
     pod.state.metrics.opened(&labels);
-    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+    let copied = mesh_core::hbone::splice(&upstream, downstream)
         .await
         .unwrap_or_default();
-    pod.state.metrics.closed(&labels, copied.0, copied.1);
+    pod.state
+        .metrics
+        .closed(&labels, copied.from_tunnel, copied.to_tunnel);
     tracing::info!(
         direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity,
         dst_identity = %pod.workload.identity, connection_security_policy = "mutual_tls",
-        bytes_received = copied.0, bytes_sent = copied.1,
+        bytes_received = copied.from_tunnel, bytes_sent = copied.to_tunnel,
         duration_ms = started.elapsed().as_millis() as u64, "connection complete"
     );
 }

@@ -75,7 +75,7 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
                 headers: request_headers,
             };
             match pod.client.connect(request).await {
-                Ok(mut upstream) => {
+                Ok(upstream) => {
                     ProxyStats::bump(&pod.stats.outbound_hbone);
                     let labels = TcpLabels {
                         destination_workload: workload.name.clone(),
@@ -87,11 +87,17 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
                         ..source_labels(&pod)
                     };
                     pod.state.metrics.opened(&labels);
-                    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                    let copied = mesh_core::hbone::splice(&downstream, upstream)
                         .await
                         .unwrap_or_default();
-                    pod.state.metrics.closed(&labels, copied.0, copied.1);
-                    Ok(("hbone", workload.identity.to_string(), copied))
+                    pod.state
+                        .metrics
+                        .closed(&labels, copied.to_tunnel, copied.from_tunnel);
+                    Ok((
+                        "hbone",
+                        workload.identity.to_string(),
+                        (copied.to_tunnel, copied.from_tunnel),
+                    ))
                 }
                 Err(err) => Err(err.to_string()),
             }
