@@ -52,6 +52,10 @@ struct Args {
     /// pod's terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 20)]
     drain_timeout_seconds: u64,
+    /// Threads that run the proxy (Istio's ztunnel reads the same variable; its default
+    /// is 2 as well).
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    worker_threads: u16,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()?;
     runtime.block_on(async {

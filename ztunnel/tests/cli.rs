@@ -32,3 +32,26 @@ fn missing_settings_are_named() {
         assert!(stderr.contains(missing), "{stderr}");
     }
 }
+
+#[test]
+fn a_worker_thread_count_out_of_range_is_named() {
+    for value in ["0", "65", "many"] {
+        let output = Command::new(BINARY)
+            .args(["--node-name", "n1", "--config-dir", "/nonexistent"])
+            .args(["--worker-threads", value])
+            .env_remove("ZTUNNEL_WORKER_THREADS")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--worker-threads"), "{value}: {stderr}");
+    }
+    // Istio's variable sets it too.
+    let output = Command::new(BINARY)
+        .args(["--node-name", "n1", "--config-dir", "/nonexistent"])
+        .env("ZTUNNEL_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--worker-threads"));
+}
