@@ -42,7 +42,8 @@ pub async fn connect_in(
     src: Option<SocketAddr>,
     dst: SocketAddr,
 ) -> io::Result<TcpStream> {
-    let socket = crate::netns::run_in(netns, || -> io::Result<Socket> {
+    // Per connection: switch this thread in and out rather than start a thread.
+    let socket = crate::netns::run_here(netns, || -> io::Result<Socket> {
         let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_mark(mark)?;
         socket.set_nonblocking(true)?;
