@@ -20,29 +20,32 @@ pub fn ca_dir(cluster: &Cluster) -> PathBuf {
     cluster.work_dir().join("ca")
 }
 
+/// What both of a node's components are told: the config, the node, the ZDS socket.
+fn common_args(cluster: &Cluster, node: &str) -> Vec<String> {
+    vec![
+        "--config-dir".into(),
+        cluster.config_dir().display().to_string(),
+        "--node-name".into(),
+        node.into(),
+        "--zds-socket".into(),
+        zds_socket(cluster, node).display().to_string(),
+    ]
+}
+
 /// Starts `node`'s istio-cni agent, which finds pods only in that node's netns directory.
 pub fn start_agent(cluster: &Cluster, node: &str) -> Result<Arc<Process>> {
-    let config = cluster.config_dir().display().to_string();
-    let socket = zds_socket(cluster, node).display().to_string();
-    let netns = cluster.node(node).pod_netns_dir().display().to_string();
-    let plugin = cluster
-        .work_dir()
-        .join(format!("{node}-cni.sock"))
-        .display()
-        .to_string();
-    let args = [
-        "--config-dir",
-        &config,
-        "--node-name",
-        node,
-        "--zds-socket",
-        &socket,
-        "--netns-dir",
-        &netns,
-        "--no-proc-scan",
-        "--plugin-socket",
-        &plugin,
-    ];
+    let mut args = common_args(cluster, node);
+    args.extend([
+        "--netns-dir".into(),
+        cluster.node(node).pod_netns_dir().display().to_string(),
+        "--no-proc-scan".into(),
+        "--plugin-socket".into(),
+        cluster
+            .work_dir()
+            .join(format!("{node}-cni.sock"))
+            .display()
+            .to_string(),
+    ]);
     cluster
         .node(node)
         .spawn(workspace_binary("istio-cni-agent")?, args)
@@ -50,19 +53,8 @@ pub fn start_agent(cluster: &Cluster, node: &str) -> Result<Arc<Process>> {
 
 /// Starts `node`'s ztunnel with the cluster's CA.
 pub fn start_ztunnel(cluster: &Cluster, node: &str) -> Result<Arc<Process>> {
-    let config = cluster.config_dir().display().to_string();
-    let socket = zds_socket(cluster, node).display().to_string();
-    let ca = ca_dir(cluster).display().to_string();
-    let args = [
-        "--config-dir",
-        &config,
-        "--node-name",
-        node,
-        "--zds-socket",
-        &socket,
-        "--ca-dir",
-        &ca,
-    ];
+    let mut args = common_args(cluster, node);
+    args.extend(["--ca-dir".into(), ca_dir(cluster).display().to_string()]);
     cluster.node(node).spawn(workspace_binary("ztunnel")?, args)
 }
 

@@ -290,6 +290,15 @@ fn helm() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Runs helm from the repository's root.
+fn helm_in_repo(helm: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(helm)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
 /// Objects by apiVersion/kind/namespace/name.
 fn by_identity(objects: Vec<serde_json::Value>) -> BTreeMap<String, serde_json::Value> {
     let mut map = BTreeMap::new();
@@ -316,11 +325,7 @@ fn helm_template_renders_the_plain_manifests() {
             .next()
             .and_then(|l| l.strip_prefix("# helm "))
             .unwrap_or_else(|| panic!("{}: first line names the helm command", file.display()));
-        let out = Command::new(&helm)
-            .args(command.split_whitespace())
-            .current_dir(repo())
-            .output()
-            .unwrap();
+        let out = helm_in_repo(&helm, &command.split_whitespace().collect::<Vec<_>>());
         assert!(
             out.status.success(),
             "helm {command}: {}",
@@ -344,17 +349,14 @@ fn helm_template_renders_the_plain_manifests() {
         }
     }
     // The chart's own defaults render the components and CRDs a plain install has.
-    let out = Command::new(&helm)
-        .args([
-            "template",
-            "ambient-mesh",
-            "deploy/chart",
-            "--kube-version",
-            "1.37.2",
-        ])
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let chart = [
+        "template",
+        "ambient-mesh",
+        "deploy/chart",
+        "--kube-version",
+        "1.37.2",
+    ];
+    let out = helm_in_repo(&helm, &chart);
     assert!(
         out.status.success(),
         "{}",
@@ -379,18 +381,10 @@ fn helm_template_renders_the_plain_manifests() {
     );
 
     // A misspelled value is an error naming it, not silently ignored.
-    let out = Command::new(&helm)
-        .args([
-            "template",
-            "ambient-mesh",
-            "deploy/chart",
-            "--kube-version",
-            "1.37.2",
-        ])
-        .args(["--set", "ztunnel.drainSecond=5"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let out = helm_in_repo(
+        &helm,
+        &[&chart[..], &["--set", "ztunnel.drainSecond=5"]].concat(),
+    );
     assert!(!out.status.success(), "a misspelled value was accepted");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("'drainSecond' not allowed"),

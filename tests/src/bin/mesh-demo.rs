@@ -156,7 +156,9 @@ fn main() -> anyhow::Result<()> {
         println!("  {}", line.trim());
     }
     println!("\nAlso on each node: readiness on :15021, admin on 127.0.0.1:15000 (/config_dump).");
-    println!("Not yet: the waypoint (L7). The same binaries also read the Kubernetes API (deploy/).");
+    println!(
+        "Not yet: the waypoint (L7). The same binaries also read the Kubernetes API (deploy/)."
+    );
     if args.hold {
         println!("Holding the cluster; press Ctrl-C to remove it.");
         loop {
