@@ -200,7 +200,7 @@ fn identity(namespace: &str, account: &str) -> Identity {
     Identity::new(TRUST_DOMAIN, namespace, account).expect("a valid constant identity")
 }
 
-/// The HBONE handler: dial the target, then copy both ways (what ztunnel's inbound does).
+/// The HBONE handler: dial the target, then splice both ways (what ztunnel's inbound does).
 async fn forward(tunnel: InboundTunnel) {
     let Ok(upstream) = TcpStream::connect(tunnel.target()).await else {
         return tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
@@ -209,7 +209,7 @@ async fn forward(tunnel: InboundTunnel) {
     let Ok(downstream) = tunnel.accept() else {
         return;
     };
-    relay(downstream, upstream).await;
+    let _ = mesh_core::hbone::splice(&upstream, downstream).await;
 }
 
 async fn relay(mut downstream: impl Duplex, mut upstream: TcpStream) {

@@ -311,7 +311,11 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
             }
             for (index, &rate) in plan.rates.iter().enumerate() {
                 let measure_cpu = index == 0 && path == Path::MeshCrossNode && !warmup;
-                let all = mesh_pids(&bench);
+                let all = if measure_cpu {
+                    mesh_pids(&bench)
+                } else {
+                    Vec::new()
+                };
                 let before = cpu_ns(&all)?;
                 let run = in_client(&bench, path, || {
                     load::open_loop(echo, rate, plan.open_loop_connections, length)
@@ -319,15 +323,18 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
                 let after = cpu_ns(&all)?;
                 if measure_cpu {
                     let requests = run.histogram.len() as f64;
-                    let spent: Vec<f64> = before
-                        .iter()
-                        .zip(&after)
-                        .map(|(b, a)| a.saturating_sub(*b) as f64)
-                        .collect();
-                    // ztunnels come first in Mesh::processes.
-                    let ztunnel_ns = spent[..2].iter().sum::<f64>() / 2.0;
-                    cpu_request.push(ztunnel_ns / 1000.0 / requests);
-                    cpu_all.push(spent.iter().sum::<f64>() / 1e9 / requests * 1000.0);
+                    let mut ztunnel_ns = 0.0;
+                    let mut all_ns = 0.0;
+                    for ((pid, b), a) in all.iter().zip(&before).zip(&after) {
+                        let spent = a.saturating_sub(*b) as f64;
+                        all_ns += spent;
+                        if ztunnels.contains(pid) {
+                            ztunnel_ns += spent;
+                        }
+                    }
+                    let per_ztunnel = ztunnel_ns / ztunnels.len() as f64;
+                    cpu_request.push(per_ztunnel / 1000.0 / requests);
+                    cpu_all.push(all_ns / 1e9 / requests * 1000.0);
                 }
                 if !warmup {
                     open.entry((path, rate as u64)).or_default().push(&run);

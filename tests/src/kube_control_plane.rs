@@ -29,7 +29,7 @@ pub struct ControlPlane {
     ca_file: PathBuf,
     /// The network namespace it runs in (`None`: the host's).
     netns: Option<PathBuf>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -192,7 +192,7 @@ impl ControlPlane {
             url: format!("https://{}", std::net::SocketAddr::new(ip, api_port)),
             ca_file: path("serving.crt"),
             netns: netns.clone(),
-            _dir: dir,
+            dir,
         };
         plane.start_apiserver()?;
         Ok(plane)
@@ -215,7 +215,7 @@ impl ControlPlane {
             None => Command::new(&self.apiserver_program),
         };
         command.args(&self.apiserver_args);
-        let dir = self._dir.path().to_path_buf();
+        let dir = self.dir.path().to_path_buf();
         self.apiserver = Some(Process::spawn("kube-apiserver", command, &dir)?);
         let apiserver = self.apiserver.as_ref().expect("just started");
         eventually(

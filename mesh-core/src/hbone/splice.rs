@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use h2::{Reason, RecvStream, SendStream};
 use tokio::net::TcpStream;
 
-use super::stream::H2Stream;
+use super::stream::{H2Stream, to_io};
 
 /// The most one socket read takes before it is sent as a DATA frame.
 pub const CHUNK: usize = 64 << 10;
@@ -42,15 +42,6 @@ pub async fn splice(tcp: &TcpStream, tunnel: H2Stream) -> io::Result<Spliced> {
     })
 }
 
-fn h2_error(err: h2::Error) -> io::Error {
-    if err.is_io() {
-        err.into_io()
-            .unwrap_or_else(|| io::Error::other("h2 i/o error"))
-    } else {
-        io::Error::new(io::ErrorKind::ConnectionReset, err)
-    }
-}
-
 async fn tcp_to_tunnel(tcp: &TcpStream, mut send: SendStream<bytes::Bytes>) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
@@ -65,8 +56,7 @@ async fn tcp_to_tunnel(tcp: &TcpStream, mut send: SendStream<bytes::Bytes>) -> i
             }
         };
         if n == 0 {
-            send.send_data(bytes::Bytes::new(), true)
-                .map_err(h2_error)?;
+            send.send_data(bytes::Bytes::new(), true).map_err(to_io)?;
             return Ok(total);
         }
         total += n as u64;
@@ -75,14 +65,14 @@ async fn tcp_to_tunnel(tcp: &TcpStream, mut send: SendStream<bytes::Bytes>) -> i
             send.reserve_capacity(data.len());
             let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(granted)) => granted,
-                Some(Err(err)) => return Err(h2_error(err)),
+                Some(Err(err)) => return Err(to_io(err)),
                 None => return Err(io::ErrorKind::BrokenPipe.into()),
             };
             if granted == 0 {
                 continue;
             }
             let chunk = data.split_to(granted.min(data.len()));
-            send.send_data(chunk, false).map_err(h2_error)?;
+            send.send_data(chunk, false).map_err(to_io)?;
         }
     }
 }
@@ -99,7 +89,7 @@ async fn tunnel_to_tcp(mut recv: RecvStream, tcp: &TcpStream) -> io::Result<u64>
                 let _ = recv.flow_control().release_capacity(data.len());
             }
             Some(Err(err)) if err.reason() != Some(Reason::NO_ERROR) => {
-                return Err(h2_error(err));
+                return Err(to_io(err));
             }
             Some(Err(_)) | None => {
                 socket2::SockRef::from(tcp).shutdown(Shutdown::Write)?;

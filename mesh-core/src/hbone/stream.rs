@@ -1,5 +1,6 @@
 //! One HBONE tunnel as a byte stream: an HTTP/2 stream's DATA frames read and written
-//! through `AsyncRead`/`AsyncWrite`, so proxies copy with `tokio::io::copy_bidirectional`.
+//! through `AsyncRead`/`AsyncWrite`, for any tokio I/O code. The proxy's hot path takes the
+//! stream apart instead ([`super::splice`]), to skip a buffer and a copy.
 
 use std::io;
 use std::pin::Pin;
@@ -55,7 +56,8 @@ impl H2Stream {
     }
 }
 
-fn to_io(err: h2::Error) -> io::Error {
+/// An h2 error as the I/O error a socket would have given: its own I/O error, else a reset.
+pub(crate) fn to_io(err: h2::Error) -> io::Error {
     if err.is_io() {
         err.into_io()
             .unwrap_or_else(|| io::Error::other("h2 i/o error"))
