@@ -3,12 +3,15 @@
 //!
 //! * Drop and panic: [`crate::NetNs`] and [`crate::Process`] clean up in `Drop`, which also
 //!   runs while a panic unwinds.
-//! * Ctrl-C / SIGTERM: [`install_interrupt_handler`] kills every tracked process group and
-//!   deletes every tracked namespace, then exits.
-//! * SIGKILL: nothing runs, so [`sweep_stale`] (run when a process first builds a cluster) deletes
-//!   namespaces whose names carry the pid of a harness process that no longer exists.
+//! * Ctrl-C / SIGTERM: [`install_interrupt_handler`] kills every tracked process group,
+//!   deletes every tracked namespace and work directory (which holds the CA's private
+//!   key), then exits.
+//! * SIGKILL: nothing runs, so [`sweep_stale`] (run when a process first builds a cluster)
+//!   deletes namespaces and work directories whose names carry the pid of a harness
+//!   process that no longer exists.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 
@@ -25,11 +28,13 @@ pub const NAME_PREFIX: &str = "mtest-";
 struct Registry {
     namespaces: BTreeSet<String>,
     process_groups: BTreeSet<i32>,
+    work_dirs: BTreeSet<PathBuf>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     namespaces: BTreeSet::new(),
     process_groups: BTreeSet::new(),
+    work_dirs: BTreeSet::new(),
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -65,6 +70,32 @@ pub(crate) fn untrack_process_group(pgid: i32) {
     registry().process_groups.remove(&pgid);
 }
 
+/// A cluster's private work directory (`<tmp>/mtest-<pid>-<n>-*`, mode 0700): removed on
+/// drop, and by the interrupt handler, which exits without running drops.
+#[derive(Debug)]
+pub(crate) struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    /// Creates it, named after the cluster's unique prefix `id`.
+    pub(crate) fn create(id: &str) -> std::io::Result<WorkDir> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()?;
+        registry().work_dirs.insert(dir.path().to_path_buf());
+        Ok(WorkDir(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        registry().work_dirs.remove(self.0.path());
+    }
+}
+
 /// Makes Ctrl-C (and SIGTERM) tear down every cluster of this process before exiting.
 ///
 /// Installed once per process; if the program already has its own handler, that one is
@@ -85,9 +116,13 @@ pub fn install_interrupt_handler() {
 
 /// Kills every tracked process group and deletes every tracked namespace, now.
 fn remove_everything_tracked() {
-    let (groups, namespaces) = {
+    let (groups, namespaces, dirs) = {
         let registry = registry();
-        (registry.process_groups.clone(), registry.namespaces.clone())
+        (
+            registry.process_groups.clone(),
+            registry.namespaces.clone(),
+            registry.work_dirs.clone(),
+        )
     };
     for pgid in groups {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -95,6 +130,11 @@ fn remove_everything_tracked() {
     for name in namespaces {
         if let Err(err) = netns::delete(&name) {
             eprintln!("harness: could not delete {name}: {err}");
+        }
+    }
+    for dir in dirs {
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            eprintln!("harness: could not remove {}: {err}", dir.display());
         }
     }
 }
@@ -113,22 +153,40 @@ pub fn sweep_stale_once() {
     });
 }
 
-/// Deletes namespaces left by harness processes that died without cleaning up (SIGKILL,
-/// OOM), and returns their names. Namespaces of live processes are never touched, so
-/// parallel test binaries are safe.
+/// Deletes namespaces and work directories left by harness processes that died without
+/// cleaning up (SIGKILL, OOM), and returns their names. Those of live processes are never
+/// touched, so parallel test binaries are safe.
 pub fn sweep_stale() -> Result<Vec<String>> {
+    let dead = |name: &str| {
+        owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
     let mut removed = Vec::new();
     for name in netns::list()? {
-        let Some(pid) = owner_pid(&name) else {
-            continue;
-        };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
+        if dead(&name) {
+            netns::delete(&name)?;
+            removed.push(name);
         }
-        netns::delete(&name)?;
-        removed.push(name);
+    }
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead(&name) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(entry.path().display().to_string());
+        }
     }
     Ok(removed)
+}
+
+/// This process's cluster work directories that exist now (for tests of the cleanup).
+pub fn work_dirs_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("{NAME_PREFIX}{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The pid encoded in a harness namespace name (`mtest-<pid>-...`), if it is one.

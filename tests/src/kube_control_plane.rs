@@ -71,9 +71,21 @@ fn free_port(ip: IpAddr) -> Result<u16> {
         .map_err(|err| HarnessError::io("finding a free port", err))
 }
 
+/// Writes a file only its owner reads: keys, tokens and kubeconfigs among them.
 fn write(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents)
-        .map_err(|err| HarnessError::io(format!("writing {}", path.display()), err))
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |err| HarnessError::io(format!("writing {}", path.display()), err);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
+    file.write_all(contents.as_bytes()).map_err(failed)
 }
 
 impl ControlPlane {

@@ -303,8 +303,19 @@ fn namespaces_of_a_killed_test_process_are_swept() {
     );
 
     // Other tests building clusters in parallel may sweep them first; either way they go.
+    let pid = prefix
+        .trim_start_matches(cleanup::NAME_PREFIX)
+        .trim_end_matches('-')
+        .parse::<u32>()
+        .unwrap();
+    assert_eq!(
+        cleanup::work_dirs_of(pid).len(),
+        1,
+        "SIGKILL leaves the work directory"
+    );
     cleanup::sweep_stale().unwrap();
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
+    assert_eq!(cleanup::work_dirs_of(pid), Vec::<std::path::PathBuf>::new());
     for pid in pids_inside {
         eventually(format!("pid {pid} to die"), Duration::from_secs(5), || {
             if is_alive(&pid) {
@@ -367,6 +378,13 @@ fn kill_and_reap(
 #[test]
 fn ctrl_c_removes_the_cluster_before_exiting() {
     let (child, prefix) = start_holding_demo();
+    let pid = child.id();
+    let dirs = cleanup::work_dirs_of(pid);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let key = dirs[0].join("ca").join("ca-key.pem");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
     let status = kill_and_reap(child, nix::sys::signal::Signal::SIGINT);
     assert_eq!(
         status.code(),
@@ -374,12 +392,25 @@ fn ctrl_c_removes_the_cluster_before_exiting() {
         "the demo exits as interrupted, after cleaning up"
     );
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
+    assert_eq!(
+        cleanup::work_dirs_of(pid),
+        Vec::<std::path::PathBuf>::new(),
+        "the work directory, with the CA key, is removed too"
+    );
 }
 
 #[test]
 fn building_without_root_fails_with_a_clear_message() {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let output = Command::new(env!("CARGO_BIN_EXE_mesh-demo"))
+    // A copy in a directory anyone may enter: the checkout may sit where user 65534
+    // cannot go (under a 0700 directory), and that must not decide the outcome.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let demo = dir.path().join("mesh-demo");
+    std::fs::copy(env!("CARGO_BIN_EXE_mesh-demo"), &demo).unwrap();
+    let output = Command::new(&demo)
+        .current_dir("/")
         .uid(65534)
         .gid(65534)
         .output()

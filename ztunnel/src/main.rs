@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
         zds_socket: args.zds_socket,
         ca_dir: args.ca_dir,
         trust_domain: args.trust_domain,
-        mark: 0x539,
+        mark: mesh_core::inpod::ZTUNNEL_MARK,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_seconds),
         admin_addr: args.admin_addr,
         set_log_level,

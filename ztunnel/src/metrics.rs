@@ -5,6 +5,10 @@
 //! `istio_tcp_received_bytes_total`, each with `reporter` (`source` for outbound,
 //! `destination` for inbound), the workloads, principals, service and
 //! `connection_security_policy`. Byte counts are added when a connection closes.
+//!
+//! ztunnel's own: `ztunnel_connections_refused_total{listener, reason}` counts connections
+//! refused before policy was asked, for reasons an operator should see (a connection that
+//! would have looped into ztunnel's own listeners, a source over its tunnel limit).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,9 +32,33 @@ pub struct TcpLabels {
     pub connection_security_policy: String,
 }
 
+/// Why ztunnel refused a connection before policy was asked.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Its target is one of ztunnel's own listeners (or loopback): relaying it would make
+    /// ztunnel connect to itself.
+    Loop,
+}
+
+impl RefusalReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Loop => "loop",
+        }
+    }
+}
+
+/// Labels of `ztunnel_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
 /// The registry and the four TCP families.
 pub struct Metrics {
     registry: Registry,
+    refused: Family<RefusalLabels, Counter>,
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
@@ -64,8 +92,15 @@ impl Default for Metrics {
             "Bytes received during TCP connections (from the destination)",
             received.clone(),
         );
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "ztunnel_connections_refused",
+            "Connections ztunnel refused before policy, by listener and reason",
+            refused.clone(),
+        );
         Metrics {
             registry,
+            refused,
             opened,
             closed,
             sent,
@@ -85,6 +120,16 @@ impl Metrics {
         self.closed.get_or_create(labels).inc();
         self.sent.get_or_create(labels).inc_by(sent);
         self.received.get_or_create(labels).inc_by(received);
+    }
+
+    /// Counts a connection refused on `listener` (`outbound`, `inbound`,
+    /// `inbound_plaintext`) for `reason`.
+    pub fn refused(&self, listener: &'static str, reason: RefusalReason) {
+        let labels = RefusalLabels {
+            listener,
+            reason: reason.as_str(),
+        };
+        self.refused.get_or_create(&labels).inc();
     }
 
     /// The Prometheus text exposition.
@@ -113,6 +158,7 @@ mod tests {
         };
         metrics.opened(&labels);
         metrics.closed(&labels, 41, 287);
+        metrics.refused("outbound", RefusalReason::Loop);
         let text = metrics.encode();
         for needle in [
             "istio_tcp_connections_opened_total{reporter=\"destination\"",
@@ -120,6 +166,7 @@ mod tests {
             "source_principal=\"spiffe://cluster.local/ns/shop/sa/web\"",
             "istio_tcp_connections_closed_total{",
             "istio_tcp_sent_bytes_total{",
+            "ztunnel_connections_refused_total{listener=\"outbound\",reason=\"loop\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

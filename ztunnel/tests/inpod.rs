@@ -4,135 +4,13 @@
 //! ztunnel's pod proxies run in this test process (one runtime standing in for both
 //! nodes' ztunnels); enrollment over ZDS and the separate binaries come next.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use istio_cni::rules::{self, InpodConfig};
-use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
-use mesh_core::config::file_source::FileSource;
-use mesh_core::config::{ConfigStore, parse_documents};
-use mesh_core::model::{DataPlane, translate};
-use mesh_tests::apps::http_echo::{self, HttpVersion};
-use mesh_tests::{Cluster, eventually};
-use tokio::runtime::Runtime;
-use tokio::sync::watch;
-use ztunnel::proxy::{ProxyState, WorkloadProxy};
-
-const TRUST_DOMAIN: &str = "cluster.local";
-
-fn cluster() -> Cluster {
-    mesh_tests::topology::shop()
-        .build()
-        .expect("building the cluster")
-}
-
-struct Mesh {
-    runtime: Runtime,
-    plane: watch::Sender<Arc<DataPlane>>,
-    base: ConfigStore,
-    proxies: Vec<WorkloadProxy>,
-}
-
-impl Mesh {
-    /// Captures the ambient pods (rules + a proxy each) with the cluster's own YAML.
-    fn start(cluster: &Cluster) -> Mesh {
-        mesh_core::tls::install_process_provider();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let snapshot = FileSource::new(cluster.config_dir()).load();
-        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
-        let plane = translate(&snapshot.store, TRUST_DOMAIN);
-        let (sender, receiver) = watch::channel(Arc::new(plane.clone()));
-        let ca = Arc::new(LocalCa::generate(TRUST_DOMAIN).unwrap());
-        let certs = Arc::new(CertManager::new(ca, RenewalPolicy::default()));
-        let state = Arc::new(ProxyState {
-            plane: receiver,
-            certs,
-            trust_domain: TRUST_DOMAIN.into(),
-            mark: 0x539,
-            metrics: Arc::new(ztunnel::metrics::Metrics::default()),
-        });
-        let mut proxies = Vec::new();
-        for pod in cluster.pods() {
-            let workload = plane
-                .workload(pod.ip().into())
-                .expect("every pod is a workload")
-                .clone();
-            if !workload.captured {
-                continue;
-            }
-            pod.run(|| rules::apply(&rules::render(&InpodConfig::default())))
-                .unwrap()
-                .unwrap();
-            let netns = std::fs::File::open(pod.netns().path()).unwrap();
-            let proxy = runtime
-                .block_on(WorkloadProxy::start(state.clone(), workload, netns))
-                .unwrap();
-            proxies.push(proxy);
-        }
-        Mesh {
-            runtime,
-            plane: sender,
-            base: snapshot.store,
-            proxies,
-        }
-    }
-
-    fn proxy(&self, pod: &str) -> &WorkloadProxy {
-        self.proxies
-            .iter()
-            .find(|p| p.workload().name == pod)
-            .unwrap()
-    }
-
-    fn count(
-        &self,
-        pod: &str,
-        counter: fn(&ztunnel::proxy::ProxyStats) -> &std::sync::atomic::AtomicU64,
-    ) -> u64 {
-        counter(self.proxy(pod).stats()).load(Ordering::Relaxed)
-    }
-
-    /// Replaces the policies (as if their files changed).
-    fn set_policies(&self, yaml: &str) {
-        let mut store = self.base.clone();
-        for object in parse_documents(std::path::Path::new("policies.yaml"), yaml)
-            .unwrap()
-            .objects
-        {
-            store.insert(object);
-        }
-        self.plane
-            .send_replace(Arc::new(translate(&store, TRUST_DOMAIN)));
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let proxies = std::mem::take(&mut self.proxies);
-        let _guard = self.runtime.enter();
-        drop(proxies);
-    }
-}
-
-fn get(cluster: &Cluster, from: &str, to: SocketAddr) -> Result<http_echo::EchoReply, String> {
-    cluster
-        .pod(from)
-        .block_on(|| async move {
-            let fetch = http_echo::get(to, "/", HttpVersion::Http1, &[]);
-            match tokio::time::timeout(std::time::Duration::from_secs(5), fetch).await {
-                Ok(Ok(reply)) => reply.echo().map_err(|e| e.to_string()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err(format!("timed out reaching {to}")),
-            }
-        })
-        .unwrap()
-}
+use mesh_tests::eventually;
+use support::{Mesh, cluster, get};
 
 #[test]
 fn ambient_pods_talk_over_mtls_and_policy_applies() {

@@ -1,22 +1,28 @@
 //! The istio-cni node agent: keeps the pods of its node that belong in the mesh captured
 //! (rules installed in their namespace) and tells ztunnel about them over ZDS.
 //!
-//! One loop owns all state: on every configuration change it reconciles the captured pods
-//! with the wanted ones; when ztunnel connects it replays the captured pods (snapshot) and
-//! from then on streams additions and removals, waiting for ztunnel's Ack each time.
+//! One loop owns the captured pods: on every configuration change or CNI plugin event it
+//! reconciles them with the wanted ones and passes the changes to the ztunnel sessions.
+//! Everything that waits on a peer runs on tasks of its own with a bounded wait
+//! ([`plugin_events`] for the CNI plugin, [`sessions`] for ztunnel), so no peer can stall
+//! capture. Both sockets are for root only (mode 0600).
+
+mod plugin_events;
+pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::model::{Workload, translate};
-use mesh_core::zds::{self, WorkloadResponse, ZdsError, ZdsHello, requests};
-use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+use tokio::sync::mpsc;
+use tokio_seqpacket::UnixSeqpacketListener;
 
 use crate::rules::{self, InpodConfig, PodRules};
+use sessions::{Captured, Change, SessionEvent, Sessions};
 
 /// Everything the agent needs.
 #[derive(Debug, Clone)]
@@ -63,12 +69,6 @@ async fn keep_installed(install: crate::install::CniInstall) {
     }
 }
 
-/// A pod the agent has captured.
-struct Captured {
-    workload: Arc<Workload>,
-    netns: File,
-}
-
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -111,38 +111,28 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Duration::from_millis(100),
     )
     .await?;
-    if let Some(dir) = config.zds_socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&config.zds_socket);
-    let mut listener =
-        UnixSeqpacketListener::bind(&config.zds_socket).map_err(|source| AgentError::Socket {
-            path: config.zds_socket.clone(),
-            source,
-        })?;
+    let listener = bind_for_root(&config.zds_socket, |p| UnixSeqpacketListener::bind(p))?;
     tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "istio-cni agent started");
-
-    if let Some(dir) = config.plugin_socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&config.plugin_socket);
-    let plugin_events =
-        tokio::net::UnixListener::bind(&config.plugin_socket).map_err(|source| {
-            AgentError::Socket {
-                path: config.plugin_socket.clone(),
-                source,
-            }
-        })?;
+    let plugin_listener =
+        bind_for_root(&config.plugin_socket, |p| tokio::net::UnixListener::bind(p))?;
 
     let _installer = config
         .cni_install
         .clone()
         .map(|install| AbortOnDrop(tokio::spawn(keep_installed(install))));
+    let (plugin_tx, mut plugin_events) = mpsc::channel(64);
+    let _plugin = AbortOnDrop(tokio::spawn(plugin_events::accept(
+        plugin_listener,
+        plugin_tx,
+    )));
+    let (hello_tx, mut hellos) = mpsc::channel(4);
+    let _zds = AbortOnDrop(tokio::spawn(sessions::accept(listener, hello_tx)));
+    let (session_tx, mut session_events) = mpsc::unbounded_channel();
 
-    let mut captured: BTreeMap<String, Captured> = BTreeMap::new();
+    let mut captured: BTreeMap<String, Arc<Captured>> = BTreeMap::new();
     let mut hints = NetnsHints::new();
-    let mut ztunnel: Option<UnixSeqpacket> = None;
-    let mut pending = reconcile(
+    let mut sessions = Sessions::default();
+    reconcile(
         &config,
         &rules,
         &snapshots.borrow_and_update(),
@@ -150,141 +140,58 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         &mut captured,
     );
     loop {
-        if let Some(connection) = &ztunnel {
-            for change in pending.drain(..) {
-                if let Err(err) = change.send(connection, &captured).await {
-                    tracing::warn!(error = %err, "ztunnel connection lost; it will get a snapshot when it returns");
-                    ztunnel = None;
-                    break;
-                }
-            }
-        }
-        pending.clear();
-        tokio::select! {
+        let changes = tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                pending = reconcile(&config, &rules, &snapshot, &hints, &mut captured);
+                reconcile(&config, &rules, &snapshot, &hints, &mut captured)
             }
-            accepted = plugin_events.accept() => {
-                if let Ok((stream, _)) = accepted
-                    && let Some(event) = read_plugin_event(stream).await
-                {
-                    tracing::info!(pod = %format!("{}/{}", event.pod_namespace, event.pod_name), netns = %event.netns, "CNI ADD");
-                    hints.insert((event.pod_namespace, event.pod_name), PathBuf::from(event.netns));
-                    let snapshot = snapshots.borrow().clone();
-                    pending = reconcile(&config, &rules, &snapshot, &hints, &mut captured);
+            Some(event) = plugin_events.recv() => {
+                tracing::info!(pod = %format!("{}/{}", event.pod_namespace, event.pod_name), netns = %event.netns, "CNI ADD");
+                hints.insert((event.pod_namespace, event.pod_name), PathBuf::from(event.netns));
+                let snapshot = snapshots.borrow().clone();
+                reconcile(&config, &rules, &snapshot, &hints, &mut captured)
+            }
+            Some(connection) = hellos.recv() => {
+                sessions.connected(connection, &captured, session_tx.clone());
+                continue;
+            }
+            Some(event) = session_events.recv() => {
+                match event {
+                    SessionEvent::Synced(id) => sessions.synced(id),
+                    SessionEvent::Ended(id) => sessions.ended(id),
                 }
+                continue;
             }
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => match send_snapshot(&connection, &captured).await {
-                    Ok(()) => {
-                        tracing::info!(pods = captured.len(), "ztunnel connected; snapshot sent");
-                        ztunnel = Some(connection);
-                    }
-                    Err(err) => tracing::warn!(error = %err, "ztunnel connection failed during the snapshot"),
-                },
-                Err(err) => tracing::warn!(error = %err, "ZDS accept failed"),
-            },
-        }
+        };
+        sessions.broadcast(&changes);
     }
+}
+
+/// Binds a unix socket at `path` (replacing a stale one) that only root may use: the
+/// peers are ztunnel and the CNI plugin, both root, and a ZDS peer receives every pod's
+/// network namespace.
+fn bind_for_root<L>(
+    path: &Path,
+    bind: impl FnOnce(&Path) -> std::io::Result<L>,
+) -> Result<L, AgentError> {
+    let failed = |source| AgentError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = bind(path).map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    Ok(listener)
 }
 
 /// Network namespace paths the CNI plugin reported, by (namespace, pod name).
 type NetnsHints = BTreeMap<(String, String), PathBuf>;
-
-/// Reads one plugin event line and answers `ok` (or why not).
-async fn read_plugin_event(stream: tokio::net::UnixStream) -> Option<crate::plugin::PluginEvent> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-    let parsed = match read {
-        Ok(Ok(_)) => serde_json::from_str::<crate::plugin::PluginEvent>(line.trim())
-            .map_err(|e| e.to_string()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("timed out".to_string()),
-    };
-    let answer = match &parsed {
-        Ok(_) => "ok\n".to_string(),
-        Err(err) => format!("bad event: {err}\n"),
-    };
-    let _ = reader.get_mut().write_all(answer.as_bytes()).await;
-    parsed
-        .map_err(|err| tracing::warn!(error = %err, "bad CNI plugin event"))
-        .ok()
-}
-
-/// A change ztunnel must hear about.
-enum Change {
-    Add(String),
-    Del(String),
-}
-
-impl Change {
-    async fn send(
-        &self,
-        connection: &UnixSeqpacket,
-        captured: &BTreeMap<String, Captured>,
-    ) -> Result<(), ZdsError> {
-        match self {
-            Change::Add(uid) => match captured.get(uid) {
-                Some(pod) => add(connection, uid, pod).await,
-                None => Ok(()),
-            },
-            Change::Del(uid) => exchange(connection, &requests::del(uid), None).await,
-        }
-    }
-}
-
-async fn add(connection: &UnixSeqpacket, uid: &str, pod: &Captured) -> Result<(), ZdsError> {
-    let info = zds::pb::WorkloadInfo {
-        name: pod.workload.name.clone(),
-        namespace: pod.workload.namespace.clone(),
-        service_account: pod.workload.identity.service_account().to_string(),
-    };
-    exchange(
-        connection,
-        &requests::add(uid, Some(info)),
-        Some(pod.netns.as_fd()),
-    )
-    .await
-}
-
-/// Sends one request and waits for its Ack. An error Ack is logged, not fatal: ztunnel
-/// refused that pod, the connection is fine.
-async fn exchange(
-    connection: &UnixSeqpacket,
-    request: &zds::WorkloadRequest,
-    fd: Option<std::os::fd::BorrowedFd<'_>>,
-) -> Result<(), ZdsError> {
-    zds::send(connection, request, fd).await?;
-    let (response, _) = zds::recv::<WorkloadResponse>(connection, "WorkloadResponse").await?;
-    if let Err(err) = zds::check_ack(response) {
-        tracing::warn!(error = %err, "ztunnel refused a request");
-    }
-    Ok(())
-}
-
-/// Waits for ztunnel's hello, then replays every captured pod and SnapshotSent.
-async fn send_snapshot(
-    connection: &UnixSeqpacket,
-    captured: &BTreeMap<String, Captured>,
-) -> Result<(), ZdsError> {
-    let (hello, _) = zds::recv::<ZdsHello>(connection, "ZdsHello").await?;
-    if hello.version != zds::pb::Version::V1 as i32 {
-        return Err(ZdsError::Invalid(format!(
-            "unsupported ZDS version {}",
-            hello.version
-        )));
-    }
-    for (uid, pod) in captured {
-        add(connection, uid, pod).await?;
-    }
-    exchange(connection, &requests::snapshot_sent(), None).await
-}
 
 /// Captures pods that should be and releases pods that should not; returns what ztunnel
 /// must be told. A pod whose namespace cannot be found or set up is retried next time.
@@ -293,7 +200,7 @@ fn reconcile(
     rules: &PodRules,
     snapshot: &mesh_core::config::file_source::Snapshot,
     hints: &NetnsHints,
-    captured: &mut BTreeMap<String, Captured>,
+    captured: &mut BTreeMap<String, Arc<Captured>>,
 ) -> Vec<Change> {
     let plane = translate(&snapshot.store, &config.trust_domain);
     let wanted: BTreeMap<String, Arc<Workload>> = plane
@@ -343,8 +250,9 @@ fn reconcile(
         match mesh_core::netns::run_in(&netns, || rules::apply(rules)) {
             Ok(Ok(())) => {
                 tracing::info!(pod = %uid, %ip, "pod captured; rules installed");
-                captured.insert(uid.clone(), Captured { workload, netns });
-                changes.push(Change::Add(uid));
+                let pod = Arc::new(Captured { workload, netns });
+                captured.insert(uid.clone(), pod.clone());
+                changes.push(Change::Add(uid, pod));
             }
             Ok(Err(err)) => tracing::warn!(pod = %uid, error = %err, "installing rules failed"),
             Err(err) => {

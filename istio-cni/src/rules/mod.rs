@@ -20,6 +20,8 @@ mod apply;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use mesh_core::inpod;
+
 pub use apply::{RulesError, apply, installed_rules, remove};
 
 /// The chain in `mangle` PREROUTING and the one in `mangle`/`nat` OUTPUT that hold our rules.
@@ -58,15 +60,15 @@ pub struct InpodConfig {
 impl Default for InpodConfig {
     fn default() -> Self {
         InpodConfig {
-            ztunnel_mark: 0x539,
-            tproxy_mark: 0x111,
-            mark_mask: 0xfff,
+            ztunnel_mark: inpod::ZTUNNEL_MARK,
+            tproxy_mark: inpod::TPROXY_MARK,
+            mark_mask: inpod::MARK_MASK,
             probe_source: Ipv4Addr::new(169, 254, 7, 127),
-            outbound_port: 15001,
-            inbound_plaintext_port: 15006,
-            hbone_port: 15008,
+            outbound_port: inpod::OUTBOUND_PORT,
+            inbound_plaintext_port: inpod::INBOUND_PLAINTEXT_PORT,
+            hbone_port: inpod::HBONE_PORT,
             capture_dns: false,
-            dns_port: 15053,
+            dns_port: inpod::DNS_PORT,
             route_table: 100,
             rule_priority: 32764,
         }

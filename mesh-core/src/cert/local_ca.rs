@@ -351,13 +351,16 @@ fn to_pem(cert: &CertificateDer<'_>) -> String {
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(path)
+        .map_err(|source| io_error(path, source))?;
+    // `mode` applies only to a new file: an existing one keeps its own until told.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|source| io_error(path, source))?;
     file.write_all(contents.as_bytes())
         .map_err(|source| io_error(path, source))

@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 
 pub use local_ca::{DEFAULT_WORKLOAD_TTL, IssuedPem, LocalCa};
 pub use manager::{CertManager, RenewalPolicy};
-pub use x509::{LeafInfo, parse_leaf};
+pub use x509::{IdentityError, KeyPurposes, LeafInfo, parse_leaf};
 
 use crate::identity::Identity;
 
@@ -98,15 +98,10 @@ impl WorkloadCert {
             .first()
             .ok_or_else(|| CertError::Invalid("empty certificate chain".into()))?;
         let info = parse_leaf(leaf)?;
-        let identity = match info.identities.as_slice() {
-            [identity] => identity.clone(),
-            other => {
-                return Err(CertError::Invalid(format!(
-                    "a workload certificate carries exactly one SPIFFE identity, this one has {}",
-                    other.len()
-                )));
-            }
-        };
+        let identity = info
+            .workload_identity()
+            .map_err(|err| CertError::Invalid(err.to_string()))?
+            .clone();
         if roots.is_empty() {
             return Err(CertError::Invalid(format!("no trust roots for {identity}")));
         }

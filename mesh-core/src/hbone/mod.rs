@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod limits;
 mod pool;
 pub mod server;
 pub mod splice;
@@ -31,7 +32,7 @@ use crate::cert::CertError;
 use crate::tls::TlsError;
 
 /// The HBONE port on every captured pod.
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = crate::inpod::HBONE_PORT;
 
 /// HTTP/2 flow-control and framing shared by client and server.
 ///

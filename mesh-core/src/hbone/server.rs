@@ -5,6 +5,12 @@
 //! and the headers; the handler accepts it (200 and a byte stream) or rejects it with a
 //! status. Requests the server can judge alone are answered before the handler runs:
 //! anything but CONNECT, or an `:authority` that is not `ip:port`, gets 400.
+//!
+//! Every wait is bounded and every peer's share is capped: handshakes have
+//! [`ServerSettings::handshake_timeout`], a connection with no tunnel for
+//! [`ServerSettings::idle_timeout`] is closed, and one source address may hold at most
+//! [`ServerSettings::max_connections_per_source`] connections and
+//! [`ServerSettings::max_tunnels_per_source`] tunnels (more are answered 429).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::SourceLimit;
 use super::stream::H2Stream;
 use super::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION, FlowControl};
 use crate::cert::parse_leaf;
@@ -35,6 +42,14 @@ pub struct ServerSettings {
     pub max_streams_per_connection: u32,
     /// Limit for the TLS and HTTP/2 handshakes of a new connection.
     pub handshake_timeout: Duration,
+    /// A connection with no open tunnel for this long gets GOAWAY and is closed. Above
+    /// the client pool's own idle timeout (60 s), so our clients close first.
+    pub idle_timeout: Duration,
+    /// Connections one source address may hold at once (handshaking or established);
+    /// more are closed on accept.
+    pub max_connections_per_source: usize,
+    /// Tunnels one source address may hold open at once, over all its connections.
+    pub max_tunnels_per_source: usize,
 }
 
 impl Default for ServerSettings {
@@ -43,6 +58,11 @@ impl Default for ServerSettings {
             flow_control: FlowControl::default(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION as u32,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: Duration::from_secs(90),
+            // A client pool opens one connection per (identity, destination) and a new
+            // one per 100 tunnels: these leave a busy pod ample room.
+            max_connections_per_source: 256,
+            max_tunnels_per_source: 4096,
         }
     }
 }
@@ -58,6 +78,12 @@ pub struct ServerStats {
     pub tunnels: AtomicU64,
     /// Requests answered 400 by the server itself.
     pub malformed: AtomicU64,
+    /// Connections closed on accept because their source held too many.
+    pub over_connection_limit: AtomicU64,
+    /// Tunnels answered 429 because their source held too many.
+    pub over_tunnel_limit: AtomicU64,
+    /// Connections closed after staying idle (no tunnel) for the idle timeout.
+    pub idle_closed: AtomicU64,
 }
 
 impl ServerStats {
@@ -165,6 +191,8 @@ struct Shared<H> {
     handler: H,
     settings: ServerSettings,
     stats: Arc<ServerStats>,
+    connections_per_source: Arc<SourceLimit>,
+    tunnels_per_source: Arc<SourceLimit>,
 }
 
 impl<H: TunnelHandler> HboneServer<H> {
@@ -180,6 +208,8 @@ impl<H: TunnelHandler> HboneServer<H> {
             handler,
             settings,
             stats: Arc::default(),
+            connections_per_source: SourceLimit::new(settings.max_connections_per_source),
+            tunnels_per_source: SourceLimit::new(settings.max_tunnels_per_source),
         };
         HboneServer {
             listener,
@@ -216,8 +246,16 @@ impl<H: TunnelHandler> HboneServer<H> {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let Some(slot) = shared.connections_per_source.try_acquire(peer.ip()) else {
+                            ServerStats::bump(&shared.stats.over_connection_limit);
+                            tracing::debug!(%peer, "HBONE connection refused: source over its connection limit");
+                            continue;
+                        };
                         let (shared, stopped) = (shared.clone(), stopped.clone());
-                        connections.spawn(async move { shared.serve_connection(tcp, peer, stopped).await });
+                        connections.spawn(async move {
+                            let _slot = slot;
+                            shared.serve_connection(tcp, peer, stopped).await
+                        });
                     }
                     Err(err) => {
                         // Out of fds and the like: back off instead of spinning.
@@ -276,8 +314,16 @@ impl<H: TunnelHandler> Shared<H> {
         };
         ServerStats::bump(&self.stats.connections);
         tracing::debug!(%addr, peer = %peer.identity, "HBONE connection accepted");
+        // Tunnels of this connection still open; the idle clock runs while there are none.
+        let open = Arc::new(());
+        let idle = self.settings.idle_timeout;
+        let mut idle_since = tokio::time::Instant::now();
         let mut draining = false;
         loop {
+            let busy = Arc::strong_count(&open) > 1;
+            if busy {
+                idle_since = tokio::time::Instant::now();
+            }
             let next = tokio::select! {
                 next = connection.accept() => next,
                 _ = stopped.changed(), if !draining => {
@@ -285,11 +331,24 @@ impl<H: TunnelHandler> Shared<H> {
                     connection.graceful_shutdown();
                     continue;
                 }
+                () = tokio::time::sleep_until(idle_since + idle), if !draining && !busy => {
+                    ServerStats::bump(&self.stats.idle_closed);
+                    tracing::debug!(%addr, ?idle, "HBONE connection idle; closing");
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+                // While tunnels are open, look again now and then: the idle clock starts
+                // when the last one ends.
+                () = tokio::time::sleep(idle / 4), if busy => continue,
             };
             match next {
                 Some(Ok((request, respond))) => {
-                    let (shared, peer) = (self.clone(), peer.clone());
-                    tokio::spawn(async move { shared.serve_request(request, respond, peer).await });
+                    let (shared, peer, open) = (self.clone(), peer.clone(), open.clone());
+                    tokio::spawn(async move {
+                        let _open = open;
+                        shared.serve_request(request, respond, peer).await
+                    });
                 }
                 Some(Err(err)) => {
                     tracing::debug!(%addr, error = %err, "HBONE connection ended");
@@ -320,6 +379,12 @@ impl<H: TunnelHandler> Shared<H> {
             let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
             return;
         };
+        let Some(_slot) = self.tunnels_per_source.try_acquire(peer.addr.ip()) else {
+            ServerStats::bump(&self.stats.over_tunnel_limit);
+            tracing::debug!(peer = %peer.addr, "tunnel refused: source over its tunnel limit");
+            let _ = respond.send_response(status_response(StatusCode::TOO_MANY_REQUESTS), true);
+            return;
+        };
         ServerStats::bump(&self.stats.tunnels);
         let (parts, recv) = request.into_parts();
         let tunnel = InboundTunnel {
@@ -343,7 +408,8 @@ fn peer_info(
 ) -> Option<PeerInfo> {
     let leaf = tls.get_ref().1.peer_certificates()?.first()?;
     let info = parse_leaf(leaf).ok()?;
-    let identity = info.identities.into_iter().next()?;
+    // The same rule the verifier applied, so the identity authorized is the one checked.
+    let identity = info.workload_identity().ok()?.clone();
     Some(PeerInfo {
         identity,
         cert_serial: info.serial,

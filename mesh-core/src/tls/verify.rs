@@ -16,15 +16,18 @@ use rustls::{
 };
 
 use super::{TlsError, provider};
-use crate::cert::parse_leaf;
+use crate::cert::{IdentityError, parse_leaf};
 use crate::identity::Identity;
 
 /// Why a peer's certificate was refused after its chain checked out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    /// The certificate carries no Istio SPIFFE identity.
-    #[error("peer certificate carries no SPIFFE identity")]
-    NoIdentity,
+    /// The certificate does not name exactly one SPIFFE identity.
+    #[error("peer certificate: {0}")]
+    Identity(#[from] IdentityError),
+    /// The certificate may not be used for this side of a tunnel.
+    #[error("peer certificate lacks the extended key usage {0}")]
+    KeyUsage(&'static str),
     /// The server is not who the client meant to reach.
     #[error("peer identity {presented} is not among the expected [{expected}]")]
     UnexpectedIdentity {
@@ -52,12 +55,23 @@ impl From<VerifyError> for rustls::Error {
     }
 }
 
-fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<Identity>, VerifyError> {
+/// Which side of a tunnel a certificate must be able to prove.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// The peer's one identity, with the key usage its side needs (required, not merely
+/// "if present" as webpki checks it).
+fn identity_of(cert: &CertificateDer<'_>, side: Side) -> Result<Identity, VerifyError> {
     let info = parse_leaf(cert).map_err(|err| VerifyError::Unreadable(err.to_string()))?;
-    if info.identities.is_empty() {
-        return Err(VerifyError::NoIdentity);
+    let identity = info.workload_identity()?.clone();
+    match side {
+        Side::Server if !info.usage.server_auth => Err(VerifyError::KeyUsage("serverAuth")),
+        Side::Client if !info.usage.client_auth => Err(VerifyError::KeyUsage("clientAuth")),
+        _ => Ok(identity),
     }
-    Ok(info.identities)
 }
 
 fn join(ids: &[Identity]) -> String {
@@ -103,12 +117,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             algorithms().all,
         )?;
-        let presented = identities_of(end_entity)?;
-        if presented.iter().any(|id| self.expected.contains(id)) {
+        let presented = identity_of(end_entity, Side::Server)?;
+        if self.expected.contains(&presented) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(VerifyError::UnexpectedIdentity {
-                presented: join(&presented),
+                presented: presented.to_string(),
                 expected: join(&self.expected),
             }
             .into())
@@ -170,15 +184,12 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.chain
             .verify_client_cert(end_entity, intermediates, now)?;
-        let presented = identities_of(end_entity)?;
-        if presented
-            .iter()
-            .any(|id| id.trust_domain() == self.trust_domain)
-        {
+        let presented = identity_of(end_entity, Side::Client)?;
+        if presented.trust_domain() == self.trust_domain {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(VerifyError::ForeignTrustDomain {
-                presented: join(&presented),
+                presented: presented.to_string(),
                 trust_domain: self.trust_domain.clone(),
             }
             .into())

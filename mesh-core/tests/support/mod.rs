@@ -92,10 +92,21 @@ pub async fn hbone_server(
     identity: Identity,
     roots: &[rustls::pki_types::CertificateDer<'static>],
 ) -> TestServer {
+    hbone_server_with(certs, identity, roots, ServerSettings::default()).await
+}
+
+/// [`hbone_server`] with other settings.
+pub async fn hbone_server_with(
+    certs: Arc<CertManager>,
+    identity: Identity,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+    settings: ServerSettings,
+) -> TestServer {
     certs.fetch(&identity).await.unwrap();
     let resolver = Arc::new(ManagedCertResolver::new(certs.clone(), identity.clone()));
     let config = tls::server_config(resolver, roots, TRUST_DOMAIN).unwrap();
-    serve_with(config, identity, certs, "127.0.0.1:0".parse().unwrap()).await
+    let bind = "127.0.0.1:0".parse().unwrap();
+    serve_with_settings(config, identity, certs, bind, settings).await
 }
 
 pub async fn serve_with(
@@ -103,6 +114,16 @@ pub async fn serve_with(
     identity: Identity,
     certs: Arc<CertManager>,
     bind: SocketAddr,
+) -> TestServer {
+    serve_with_settings(config, identity, certs, bind, ServerSettings::default()).await
+}
+
+pub async fn serve_with_settings(
+    config: rustls::ServerConfig,
+    identity: Identity,
+    certs: Arc<CertManager>,
+    bind: SocketAddr,
+    settings: ServerSettings,
 ) -> TestServer {
     let listener = TcpListener::bind(bind).await.unwrap();
     let seen = Arc::new(Seen::default());
@@ -125,7 +146,7 @@ pub async fn serve_with(
             let _ = mesh_core::hbone::splice(&upstream, downstream).await;
         }
     };
-    let server = HboneServer::new(listener, config, handler, ServerSettings::default());
+    let server = HboneServer::new(listener, config, handler, settings);
     let addr = server.local_addr().unwrap();
     let stats = server.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

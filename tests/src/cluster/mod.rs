@@ -37,7 +37,7 @@ pub struct Cluster {
     nodes: Vec<Node>,
     _underlay: NetNs,
     config_dir: PathBuf,
-    _workdir: tempfile::TempDir,
+    _workdir: cleanup::WorkDir,
 }
 
 impl ClusterBuilder {
@@ -51,9 +51,7 @@ impl ClusterBuilder {
         cleanup::install_interrupt_handler();
         cleanup::sweep_stale_once();
         let id = cleanup::unique_prefix();
-        let workdir = tempfile::Builder::new()
-            .prefix(&format!("{id}-"))
-            .tempdir()
+        let workdir = cleanup::WorkDir::create(&id)
             .map_err(|err| HarnessError::io("creating the cluster's work directory", err))?;
         let config_dir = workdir.path().join("config");
         let log_dir = workdir.path().join("logs");

@@ -6,14 +6,19 @@ use std::sync::Arc;
 use http::StatusCode;
 use mesh_core::config::istio::MtlsMode;
 use mesh_core::hbone::{InboundTunnel, headers};
+use mesh_core::inpod;
 use mesh_core::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{DrainSignal, serve_until_drained};
 use super::{PodContext, ProxyStats};
-use crate::metrics::TcpLabels;
+use crate::metrics::{RefusalReason, TcpLabels};
 
 /// One HBONE tunnel: check it targets this pod, authorize, dial the app, answer, copy.
+///
+/// The source address is the TCP peer of the tunnel's connection: the source ztunnel dials
+/// from inside the source pod, so the kernel proves it. The `forwarded` header is written
+/// by the caller and only logged.
 pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
     let started = std::time::Instant::now();
     let target = tunnel.target();
@@ -22,11 +27,16 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         return tunnel.reject(StatusCode::BAD_REQUEST);
     }
     let peer = tunnel.peer().clone();
-    let src_ip = tunnel
+    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
+        pod.state.metrics.refused("inbound", RefusalReason::Loop);
+        tracing::warn!(direction = "inbound", src = %peer.addr, dst = %target, src_identity = %peer.identity, "tunnel to a ztunnel port refused");
+        return tunnel.reject(StatusCode::BAD_REQUEST);
+    }
+    let src_ip = peer.addr.ip();
+    let forwarded_for = tunnel
         .headers()
         .get(headers::FORWARDED)
-        .and_then(headers::parse_forwarded_for)
-        .unwrap_or(peer.addr.ip());
+        .and_then(headers::parse_forwarded_for);
     let conn = Connection {
         src_identity: Some(peer.identity.clone()),
         src_ip,
@@ -75,7 +85,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         .metrics
         .closed(&labels, copied.from_tunnel, copied.to_tunnel);
     tracing::info!(
-        direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity,
+        direction = "inbound", %src_ip, ?forwarded_for, dst = %target, src_identity = %peer.identity,
         dst_identity = %pod.workload.identity, connection_security_policy = "mutual_tls",
         bytes_received = copied.from_tunnel, bytes_sent = copied.to_tunnel,
         duration_ms = started.elapsed().as_millis() as u64, "connection complete"
@@ -97,6 +107,13 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
     let Ok(target) = downstream.local_addr() else {
         return;
     };
+    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
+        pod.state
+            .metrics
+            .refused("inbound_plaintext", RefusalReason::Loop);
+        tracing::warn!(direction = "inbound", src = %peer, dst = %target, "plaintext to a ztunnel port refused");
+        return;
+    }
     let plane = pod.state.plane();
     let mode =
         policy::peer_authentication(&plane.peer_authentications, &pod.workload, target.port());

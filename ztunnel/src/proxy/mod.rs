@@ -31,10 +31,7 @@ use mesh_core::tls::{self, ManagedCertResolver};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Ports of the in-pod listeners.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// See [`OUTBOUND_PORT`].
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub use mesh_core::inpod::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 /// What every pod proxy of this ztunnel shares.
 pub struct ProxyState {

@@ -1,16 +1,18 @@
 //! Outbound: the app's connection, redirected to 15001, to its upstream.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::HeaderMap;
 use mesh_core::hbone::{ConnectRequest, headers};
+use mesh_core::inpod;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{DrainSignal, serve_until_drained};
 use super::route::{Upstream, route};
 use super::{PodContext, ProxyStats};
-use crate::metrics::TcpLabels;
+use crate::metrics::{RefusalReason, TcpLabels};
 
 /// The source half of the labels: this pod, reported as the source.
 fn source_labels(pod: &PodContext) -> TcpLabels {
@@ -46,11 +48,25 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
             return;
         }
     };
+    // Not redirected (the app dialled the listener itself), or aimed at one of this pod's
+    // ztunnel ports: relaying it would connect ztunnel to itself.
+    let to_listener = downstream.local_addr().is_ok_and(|local| local == dst);
+    if to_listener || inpod::is_own_listener(dst.ip(), dst.port(), &pod.workload.ips) {
+        return refuse_loop(&pod, src, dst);
+    }
     let plane = pod.state.plane();
     let pick = |n| pod.next_endpoint.fetch_add(1, Ordering::Relaxed) % n;
     let started = std::time::Instant::now();
     let outcome = match route(&plane, dst, pick) {
         Err(err) => Err(err.to_string()),
+        // A service or address leading to a mesh pod's own ztunnel port.
+        Ok(Upstream::Hbone {
+            authority,
+            workload,
+            ..
+        }) if inpod::is_own_listener(authority.ip(), authority.port(), &workload.ips) => {
+            return refuse_loop(&pod, src, authority);
+        }
         Ok(Upstream::Hbone {
             hbone_addr,
             authority,
@@ -143,4 +159,9 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
             tracing::warn!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, %error, "connection failed");
         }
     }
+}
+
+fn refuse_loop(pod: &PodContext, src: SocketAddr, dst: SocketAddr) {
+    pod.state.metrics.refused("outbound", RefusalReason::Loop);
+    tracing::warn!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, "connection to a ztunnel port refused");
 }
