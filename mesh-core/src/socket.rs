@@ -14,6 +14,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// Binds a TCP listener on `addr` inside `netns`. With `transparent`, it accepts
 /// connections TPROXYed to it (IP_TRANSPARENT), whose local address is then the original
 /// destination. Must be called within a Tokio runtime.
+///
+/// The listener shares its port (SO_REUSEPORT) so a restarted ztunnel can bind beside the
+/// one it replaces; see [`migrate_on_close_in`] for what happens when the old one closes.
 pub fn listen_in(
     netns: &(impl AsFd + Sync),
     addr: SocketAddr,
@@ -22,6 +25,7 @@ pub fn listen_in(
     let socket = crate::netns::run_in(netns, || -> io::Result<Socket> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
         if transparent {
             socket.set_ip_transparent_v4(true)?;
         }
@@ -30,6 +34,29 @@ pub fn listen_in(
         socket.listen(1024)?;
         Ok(socket)
     })??;
+    TcpListener::from_std(socket.into())
+}
+
+/// Makes listeners in `netns` hand their not-yet-accepted connections to another listener
+/// of the same port when they close (`net.ipv4.tcp_migrate_req`, Linux 5.14): when a
+/// draining ztunnel closes its in-pod listeners, the connections in their queues go to
+/// its successor's listeners instead of being reset.
+pub fn migrate_on_close_in(netns: &(impl AsFd + Sync)) -> io::Result<()> {
+    crate::netns::run_in(netns, || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1")
+    })?
+}
+
+/// Binds a listener on the node (metrics, readiness, admin) that a restarted ztunnel can
+/// bind too while its predecessor still holds it (SO_REUSEPORT). Must be called within a
+/// Tokio runtime.
+pub fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
     TcpListener::from_std(socket.into())
 }
 

@@ -16,7 +16,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::proxy::ProxyState;
 
@@ -122,11 +121,16 @@ pub async fn serve(
             format!("the admin endpoint must be on loopback, not {addr}"),
         ));
     }
-    let listener = TcpListener::bind(addr).await?;
+    let listener = mesh_core::socket::listen_shared(addr)?;
     Ok(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let admin = admin.clone();
             tokio::spawn(async move {

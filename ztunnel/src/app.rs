@@ -69,7 +69,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let endpoints = crate::http_endpoints::serve(config.endpoints, metrics.clone())
         .await
         .with_context(|| format!("binding {:?}", config.endpoints))?;
-    tokio::spawn(endpoints);
+    let endpoints = tokio::spawn(endpoints);
     let state = Arc::new(ProxyState {
         plane,
         certs,
@@ -87,9 +87,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let admin = crate::admin::serve(config.admin_addr, admin)
         .await
         .with_context(|| format!("binding the admin endpoint {}", config.admin_addr))?;
-    tokio::spawn(admin);
+    let admin = tokio::spawn(admin);
+    // On shutdown the node ports go first: a successor binds them, and readiness
+    // reports it, not this process, while this one hands over its pods.
+    let give_up_node_ports = move || {
+        endpoints.abort();
+        admin.abort();
+    };
     Enrolled::new(state, pods)
-        .run(config.zds_socket.clone(), shutdown, config.drain_timeout)
+        .run(
+            config.zds_socket.clone(),
+            shutdown,
+            give_up_node_ports,
+            config.drain_timeout,
+        )
         .await;
     tracing::info!("ztunnel stopped");
     Ok(())

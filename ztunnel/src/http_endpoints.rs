@@ -28,8 +28,8 @@ pub async fn serve(
     endpoints: Endpoints,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let metrics_listener = TcpListener::bind(endpoints.metrics).await?;
-    let readiness_listener = TcpListener::bind(endpoints.readiness).await?;
+    let metrics_listener = mesh_core::socket::listen_shared(endpoints.metrics)?;
+    let readiness_listener = mesh_core::socket::listen_shared(endpoints.readiness)?;
     Ok(async move {
         let metrics_page = move |request: Request<hyper::body::Incoming>| {
             let body = if request.uri().path() == "/metrics" {
@@ -66,8 +66,14 @@ where
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of fds and the like: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let page = page.clone();
         tokio::spawn(async move {

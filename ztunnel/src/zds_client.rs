@@ -4,7 +4,8 @@
 //! On every (re)connection the agent replays its whole state and ends it with
 //! SnapshotSent; pods whose proxies run but were not in that snapshot are stopped. Each
 //! request is answered with an Ack, an error Ack when it could not be honored, and a bad
-//! request never stops the loop or disturbs other pods.
+//! request never stops the loop or disturbs other pods. On shutdown the pods are handed to
+//! a successor without an outage ([`Enrolled::run`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,43 +47,97 @@ impl Enrolled {
     }
 
     /// Connects to the agent at `socket` and serves it, reconnecting (with the snapshot
-    /// protocol) whenever the connection drops, until `shutdown` completes; then drains
-    /// every pod's proxy for up to `drain` and returns.
+    /// protocol) whenever the connection drops, until `shutdown` completes. Then it hands
+    /// over without an outage:
+    ///
+    /// 1. `on_terminate` runs (ztunnel gives up its node ports, so a successor can take
+    ///    them), and the pods' listeners keep accepting;
+    /// 2. once the agent closes this connection (it does when a successor's listeners are
+    ///    bound in every pod: its snapshot is acknowledged), or `drain` has passed, every
+    ///    pod's listeners close: the connections still queued on them move to the
+    ///    successor's listeners (see `mesh_core::socket::migrate_on_close_in`), and HBONE
+    ///    peers get GOAWAY;
+    /// 3. live connections finish by themselves, or are closed when `drain` (counted from
+    ///    `shutdown`) is over.
     pub async fn run(
         mut self,
         socket: PathBuf,
         shutdown: impl std::future::Future<Output = ()>,
+        on_terminate: impl FnOnce(),
         drain: Duration,
     ) {
         tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = self.connect_and_serve(&socket) => {}
-                () = &mut shutdown => break,
+        let mut on_terminate = Some(on_terminate);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut terminate = |deadline: &mut Option<tokio::time::Instant>| {
+            *deadline = Some(tokio::time::Instant::now() + drain);
+            if let Some(on_terminate) = on_terminate.take() {
+                on_terminate();
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let proxies = std::mem::take(&mut self.proxies);
-        tracing::info!(pods = proxies.len(), ?drain, "draining pod proxies");
-        let mut draining = tokio::task::JoinSet::new();
-        for proxy in proxies.into_values() {
-            draining.spawn(proxy.drain(drain));
-        }
-        while draining.join_next().await.is_some() {}
-    }
-
-    async fn connect_and_serve(&mut self, socket: &std::path::Path) {
-        match UnixSeqpacket::connect(socket).await {
-            Ok(connection) => {
-                tracing::info!(socket = %socket.display(), "connected to the istio-cni agent");
-                if let Err(err) = self.serve(&connection).await {
-                    tracing::warn!(error = %err, "ZDS connection ended");
+            tracing::info!(
+                ?drain,
+                "terminating: serving pods until a successor takes them over"
+            );
+        };
+        loop {
+            let connection = match UnixSeqpacket::connect(&socket).await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    tracing::debug!(socket = %socket.display(), error = %err, "istio-cni agent not reachable yet");
+                    if deadline.is_some() {
+                        // No agent, so no successor can be given the pods: drain now.
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = &mut shutdown => terminate(&mut deadline),
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(socket = %socket.display(), "connected to the istio-cni agent");
+            let ended = {
+                let serving = self.serve(&connection);
+                tokio::pin!(serving);
+                loop {
+                    tokio::select! {
+                        ended = &mut serving => break ended,
+                        () = &mut shutdown, if deadline.is_none() => terminate(&mut deadline),
+                        () = until(deadline), if deadline.is_some() => {
+                            break Err(ZdsError::Invalid("no successor before the drain limit".into()));
+                        }
+                    }
+                }
+            };
+            match ended {
+                Err(ZdsError::Closed) if deadline.is_some() => {
+                    tracing::info!("the agent handed the pods to a successor");
+                    break;
+                }
+                Err(err) if deadline.is_some() => {
+                    tracing::info!(error = %err, "terminating without a successor");
+                    break;
+                }
+                Err(err) => tracing::warn!(error = %err, "ZDS connection ended"),
+                Ok(()) => {}
+            }
+            if deadline.is_none() {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = &mut shutdown => terminate(&mut deadline),
                 }
             }
-            Err(err) => {
-                tracing::debug!(socket = %socket.display(), error = %err, "istio-cni agent not reachable yet")
-            }
         }
+        let left = deadline.map_or(drain, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let proxies = std::mem::take(&mut self.proxies);
+        tracing::info!(pods = proxies.len(), ?left, "draining pod proxies");
+        let mut draining = tokio::task::JoinSet::new();
+        for proxy in proxies.into_values() {
+            draining.spawn(proxy.drain(left));
+        }
+        while draining.join_next().await.is_some() {}
     }
 
     async fn serve(&mut self, connection: &UnixSeqpacket) -> Result<(), ZdsError> {
@@ -192,5 +247,13 @@ impl Enrolled {
                 ));
             }
         }
+    }
+}
+
+/// Completes at `deadline`, or never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

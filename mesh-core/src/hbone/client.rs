@@ -120,7 +120,9 @@ impl HboneClient {
     /// Opens a tunnel and returns its byte stream once the server answered 200.
     ///
     /// A pooled connection that turns out dead is dropped and the tunnel retried once on
-    /// a fresh one; a fresh connection's failure is returned as is.
+    /// a fresh one; so is a tunnel the server declined without processing it (a GOAWAY
+    /// that stops short of its stream, or REFUSED_STREAM: a server handing over to its
+    /// successor), on any connection. Other failures are returned as they are.
     pub async fn connect(&self, request: ConnectRequest) -> Result<H2Stream, HboneError> {
         let cert = self.certs.fetch(&request.src).await?;
         let key = PoolKey::new(
@@ -141,6 +143,10 @@ impl HboneClient {
                     return Ok(H2Stream::new(send, recv, Some(Box::new(reservation))));
                 }
                 Err(SendError::BeforeRequest(err)) if reused => {
+                    conn.closed.store(true, Ordering::Release);
+                    stale_error = Some(err);
+                }
+                Err(SendError::Unprocessed(err)) => {
                     conn.closed.store(true, Ordering::Release);
                     stale_error = Some(err);
                 }
@@ -252,9 +258,16 @@ impl HboneClient {
         let (response, send) = send_request
             .send_request(connect, false)
             .map_err(|err| SendError::BeforeRequest(http2(err)))?;
-        let response = response
-            .await
-            .map_err(|err| SendError::Exchange(http2(err)))?;
+        let response = response.await.map_err(|err| {
+            // RFC 9113 8.7: a stream past the GOAWAY's last id, or refused, was not
+            // processed and may be retried. (No tunnel byte has been sent before the 200,
+            // so even a CONNECT the server did see costs the app one empty connection.)
+            if err.is_go_away() || err.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                SendError::Unprocessed(http2(err))
+            } else {
+                SendError::Exchange(http2(err))
+            }
+        })?;
         if response.status() != StatusCode::OK {
             return Err(SendError::Exchange(HboneError::Refused {
                 addr,
@@ -266,8 +279,12 @@ impl HboneClient {
     }
 }
 
-/// Whether a CONNECT failed before the server could have seen it (safe to retry).
+/// How far a CONNECT got before it failed: what decides whether it may be retried.
 enum SendError {
+    /// Before the request was sent (a dead pooled connection): retried on a fresh one.
     BeforeRequest(HboneError),
+    /// Sent, and declined unprocessed by the server: retried once.
+    Unprocessed(HboneError),
+    /// The server may have acted on it: never retried.
     Exchange(HboneError),
 }

@@ -141,6 +141,10 @@ impl WorkloadProxy {
     ) -> Result<Self, StartError> {
         let netns = Arc::new(netns);
         let cert = state.certs.fetch(&workload.identity).await?;
+        if let Err(err) = mesh_core::socket::migrate_on_close_in(&*netns) {
+            // Old kernels: a restart may then reset the connections queued at that moment.
+            tracing::warn!(pod = %workload.name, error = %err, "listener migration unavailable");
+        }
         let bind = |port: u16, transparent: bool| {
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             mesh_core::socket::listen_in(&*netns, addr, transparent)
