@@ -180,6 +180,22 @@ spec:
         principals: [cluster.local/ns/shop/sa/web]
 ";
 
+const CUSTOM_SERVER: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ext-authz
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: server
+  action: CUSTOM
+  provider:
+    name: opa
+  rules:
+  - {}
+";
+
 #[test]
 fn the_mesh_follows_kubectl() {
     let cluster = mesh_tests::topology::shop().build().unwrap();
@@ -270,6 +286,53 @@ fn the_mesh_follows_kubectl() {
         &["delete", "authorizationpolicy", "deny-web", "-n", "shop"],
     );
     eventually("the policy's removal to reach ztunnel", WAIT, || {
+        get(&cluster, "client", server)
+    })
+    .unwrap();
+
+    // A policy that cannot be enforced as written (action CUSTOM: no external authorizer
+    // here) fails closed for the workloads it selects, and says so on the object.
+    let out = kubectl(&plane, &["apply", "-f", "-"], Some(CUSTOM_SERVER));
+    assert!(out.success, "{}", out.stderr);
+    eventually("the CUSTOM policy to fail closed", WAIT, || {
+        match get(&cluster, "client", server) {
+            Ok(pod) => Err(format!("{pod} answered")),
+            Err(_) => Ok(()),
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        get(&cluster, "client", cache).unwrap(),
+        "cache",
+        "others unaffected"
+    );
+    eventually("a Rejected event on the policy", WAIT, || {
+        let events = ok(
+            &plane,
+            &[
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={range .items[*]}{.regarding.name} {.reason} {.note}{\"\\n\"}{end}",
+            ],
+        );
+        if events
+            .lines()
+            .any(|l| l.starts_with("ext-authz Rejected") && l.contains("CUSTOM"))
+        {
+            Ok(())
+        } else {
+            Err(events)
+        }
+    })
+    .unwrap();
+    ok(
+        &plane,
+        &["delete", "authorizationpolicy", "ext-authz", "-n", "shop"],
+    );
+    eventually("the CUSTOM policy's removal to reach ztunnel", WAIT, || {
         get(&cluster, "client", server)
     })
     .unwrap();

@@ -246,6 +246,7 @@ fn each_component_may_do_what_it_needs_and_nothing_more() {
         ("watch",  "httproutes.gateway.networking.k8s.io",            false, false, true),
         ("get",    "secrets",                                         false, false, false),
         ("list",   "configmaps",                                      false, false, false),
+        ("create", "events.events.k8s.io",                            true,  false, false),
         ("create", "pods",                                            false, false, false),
         ("patch",  "pods",                                            false, false, false),
         ("delete", "pods",                                            false, false, false),

@@ -1,7 +1,8 @@
 //! The admin endpoint, on localhost only (15000): what ztunnel holds, and its log level.
 //!
 //! * `GET /config_dump`: JSON of the pods served, the workloads and services known, the
-//!   policies, and the certificates held (identity, serial, expiry), for debugging.
+//!   policies, the certificates held (identity, serial, expiry), and every configuration
+//!   object rejected (where, and why), for debugging.
 //! * `POST /logging?level=<filter>`: change the log filter at runtime
 //!   (`debug`, `info,ztunnel=debug`, ...).
 
@@ -30,6 +31,8 @@ pub struct Admin {
     pub pods: Arc<Mutex<Vec<String>>>,
     /// Log filter control.
     pub set_log_level: SetLogLevel,
+    /// Configuration objects rejected in the current snapshot, as reported.
+    pub rejected: Arc<Mutex<Vec<String>>>,
 }
 
 impl Admin {
@@ -66,6 +69,7 @@ impl Admin {
             })
             .collect();
         let pods = self.pods.lock().map(|p| p.clone()).unwrap_or_default();
+        let rejected = self.rejected.lock().map(|r| r.clone()).unwrap_or_default();
         json!({
             "pods": pods,
             "workloads": workloads,
@@ -73,6 +77,7 @@ impl Admin {
             "authorization_policies": plane.authorization_policies.iter().map(|p| name(&p.metadata)).collect::<Vec<_>>(),
             "peer_authentications": plane.peer_authentications.iter().map(|p| name(&p.metadata)).collect::<Vec<_>>(),
             "certificates": certificates,
+            "rejected": rejected,
         })
         .to_string()
     }

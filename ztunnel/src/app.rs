@@ -50,14 +50,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     .with_context(|| format!("starting the config source {:?}", config.source))?;
     let first = snapshots.borrow().clone();
     for error in &first.errors {
-        tracing::warn!(%error, "config error");
+        tracing::warn!(%error, "config rejected");
     }
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let rejected = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Rejections are reported three ways: logged (by the source, once per change), counted
+    // in a metric, and listed in the admin config dump.
+    let report = {
+        let (metrics, rejected) = (metrics.clone(), rejected.clone());
+        move |snapshot: &mesh_core::config::file_source::Snapshot| {
+            metrics.set_rejected_config(snapshot.errors.len());
+            if let Ok(mut list) = rejected.lock() {
+                *list = snapshot.errors.iter().map(ToString::to_string).collect();
+            }
+        }
+    };
+    report(&first);
     let (planes, plane) = watch::channel(Arc::new(translate(&first.store, &config.trust_domain)));
     let trust_domain = config.trust_domain.clone();
     tokio::spawn(async move {
         let mut snapshots = snapshots;
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
+            report(&snapshot);
             planes.send_replace(Arc::new(translate(&snapshot.store, &trust_domain)));
         }
     });
@@ -65,7 +80,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ca = LocalCa::load_or_generate(&config.ca_dir, &config.trust_domain)
         .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?;
     let certs = Arc::new(CertManager::new(Arc::new(ca), RenewalPolicy::default()));
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let endpoints = crate::http_endpoints::serve(config.endpoints, metrics.clone())
         .await
         .with_context(|| format!("binding {:?}", config.endpoints))?;
@@ -83,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         state: state.clone(),
         pods: pods.clone(),
         set_log_level: config.set_log_level.clone(),
+        rejected,
     });
     let admin = crate::admin::serve(config.admin_addr, admin)
         .await

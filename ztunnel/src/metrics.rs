@@ -8,11 +8,14 @@
 //!
 //! ztunnel's own: `ztunnel_connections_refused_total{listener, reason}` counts connections
 //! refused before policy was asked, for reasons an operator should see (a connection that
-//! would have looped into ztunnel's own listeners, a source over its tunnel limit).
+//! would have looped into ztunnel's own listeners, a source over its tunnel limit);
+//! `ztunnel_config_rejected_objects` is how many configuration objects the current
+//! configuration holds that could not be used as written (alert on it being above 0).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Labels of every TCP metric (Istio's set).
@@ -59,6 +62,7 @@ struct RefusalLabels {
 pub struct Metrics {
     registry: Registry,
     refused: Family<RefusalLabels, Counter>,
+    rejected_config: Gauge,
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
@@ -98,9 +102,16 @@ impl Default for Metrics {
             "Connections ztunnel refused before policy, by listener and reason",
             refused.clone(),
         );
+        let rejected_config = Gauge::default();
+        registry.register(
+            "ztunnel_config_rejected_objects",
+            "Configuration objects that could not be used as written (security policies among them fail closed)",
+            rejected_config.clone(),
+        );
         Metrics {
             registry,
             refused,
+            rejected_config,
             opened,
             closed,
             sent,
@@ -132,6 +143,12 @@ impl Metrics {
         self.refused.get_or_create(&labels).inc();
     }
 
+    /// Sets how many configuration objects the current configuration rejected.
+    pub fn set_rejected_config(&self, count: usize) {
+        self.rejected_config
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -159,6 +176,7 @@ mod tests {
         metrics.opened(&labels);
         metrics.closed(&labels, 41, 287);
         metrics.refused("outbound", RefusalReason::Loop);
+        metrics.set_rejected_config(2);
         let text = metrics.encode();
         for needle in [
             "istio_tcp_connections_opened_total{reporter=\"destination\"",
@@ -167,6 +185,7 @@ mod tests {
             "istio_tcp_connections_closed_total{",
             "istio_tcp_sent_bytes_total{",
             "ztunnel_connections_refused_total{listener=\"outbound\",reason=\"loop\"} 1",
+            "ztunnel_config_rejected_objects 2",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

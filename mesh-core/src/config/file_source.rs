@@ -2,9 +2,11 @@
 //!
 //! This is the embedded default and what tests use: the same YAML a user would apply,
 //! with Pods carrying `spec.nodeName` and `status.podIP`. Every `*.yaml`/`*.yml` file
-//! directly in the directory is read. A file that fails to parse is reported (file,
-//! document, field) and the objects it last held are kept, so one bad edit never takes
-//! the other tenants' configuration away.
+//! directly in the directory is read. A document that fails to parse is reported (file,
+//! document, object, field) on its own: the file's other documents apply; a rejected
+//! security policy is replaced by its fail-closed stand-in (`super::rejection`); another
+//! rejected object keeps its last good version, so one bad edit never takes the other
+//! tenants' configuration away.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use super::{ConfigError, ConfigObject, ConfigStore, parse_documents};
 pub struct Snapshot {
     /// Every object from every file (a failing file contributes its last good objects).
     pub store: ConfigStore,
-    /// Files that failed this time, with the reason.
+    /// Every document or object refused, with the reason.
     pub errors: Vec<ConfigError>,
 }
 
@@ -30,10 +32,10 @@ pub struct Snapshot {
 struct FileState {
     /// Modification time and length when last read.
     fingerprint: (SystemTime, u64),
-    /// Objects of its last successful parse.
+    /// Its objects as of the last read (stand-ins and last good versions included).
     objects: Vec<ConfigObject>,
-    /// Its error, if the last read failed.
-    error: Option<ConfigError>,
+    /// What the last read refused.
+    errors: Vec<ConfigError>,
 }
 
 /// Reads a config directory, re-reading only files that changed.
@@ -79,12 +81,13 @@ impl FileSource {
             Err(err) => errors.push(ConfigError {
                 file: self.dir.clone(),
                 document: 0,
+                object: None,
                 reason: format!("cannot read the config directory: {err}"),
             }),
         }
         let mut store = ConfigStore::default();
         for state in self.files.values() {
-            errors.extend(state.error.clone());
+            errors.extend(state.errors.iter().cloned());
             for object in &state.objects {
                 store.insert(object.clone());
             }
@@ -103,30 +106,46 @@ impl FileSource {
         {
             return;
         }
-        let parsed = std::fs::read_to_string(path)
-            .map_err(|err| ConfigError {
-                file: path.to_path_buf(),
-                document: 0,
-                reason: err.to_string(),
-            })
-            .and_then(|text| parse_documents(path, &text));
         let previous = self
             .files
             .remove(path)
             .map(|state| state.objects)
             .unwrap_or_default();
-        let state = match parsed {
-            Ok(parsed) => FileState {
-                fingerprint,
-                objects: parsed.objects,
-                error: None,
-            },
-            Err(error) => {
-                tracing::warn!(%error, "config file rejected; keeping its last good objects");
+        let state = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let parsed = parse_documents(path, &text);
+                let mut objects = parsed.objects;
+                let mut errors = Vec::new();
+                for rejected in parsed.rejected {
+                    tracing::warn!(error = %rejected.error, "config rejected");
+                    // Not a security policy (those have their stand-in): keep the last
+                    // good version of the object.
+                    if rejected.stand_in.is_none()
+                        && let Some(key) = &rejected.key
+                        && let Some(last) = previous.iter().find(|o| &o.key() == key)
+                    {
+                        objects.push(last.clone());
+                    }
+                    errors.push(rejected.error);
+                }
+                FileState {
+                    fingerprint,
+                    objects,
+                    errors,
+                }
+            }
+            Err(err) => {
+                let error = ConfigError {
+                    file: path.to_path_buf(),
+                    document: 0,
+                    object: None,
+                    reason: err.to_string(),
+                };
+                tracing::warn!(%error, "config file unreadable; keeping its last good objects");
                 FileState {
                     fingerprint,
                     objects: previous,
-                    error: Some(error),
+                    errors: vec![error],
                 }
             }
         };
@@ -175,7 +194,7 @@ mod tests {
     const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-all\n  namespace: shop\nspec: {}\n";
 
     #[test]
-    fn a_bad_edit_is_reported_and_the_last_good_objects_stay() {
+    fn a_bad_edit_is_reported_a_policy_fails_closed_and_other_objects_stay() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ns.yaml"), NAMESPACE).unwrap();
         std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
@@ -185,6 +204,7 @@ mod tests {
         assert!(first.errors.is_empty(), "{:?}", first.errors);
         assert_eq!(first.store.len(), 2);
 
+        // A typo in the policy: reported, and the policy becomes a deny-all stand-in.
         std::fs::write(
             dir.path().join("policy.yaml"),
             POLICY.replace("spec: {}", "spec:\n  acton: DENY"),
@@ -196,12 +216,29 @@ mod tests {
             second.errors[0].to_string().contains("policy.yaml")
                 && second.errors[0].reason.contains("acton")
         );
-        assert_eq!(second.store, first.store, "the last good policy is kept");
+        let policy = second.store.authorization_policies().next().unwrap();
+        assert_eq!(policy.spec.action, super::super::istio::Action::Deny);
+        assert_eq!(policy.spec.rules.len(), 1, "one rule matching everything");
+
+        // A typo in the namespace: reported, and its last good version stays.
+        std::fs::write(
+            dir.path().join("ns.yaml"),
+            NAMESPACE.replace("istio.io/dataplane-mode: ambient", "- ambient"),
+        )
+        .unwrap();
+        let third = source.load();
+        assert_eq!(third.errors.len(), 2);
+        assert_eq!(
+            third.store.namespace("shop"),
+            first.store.namespace("shop"),
+            "the last good namespace is kept"
+        );
 
         std::fs::remove_file(dir.path().join("policy.yaml")).unwrap();
-        let third = source.load();
-        assert!(third.errors.is_empty());
-        assert_eq!(third.store.len(), 1, "a deleted file's objects go");
+        std::fs::write(dir.path().join("ns.yaml"), NAMESPACE).unwrap();
+        let fourth = source.load();
+        assert!(fourth.errors.is_empty());
+        assert_eq!(fourth.store.len(), 1, "a deleted file's objects go");
     }
 
     #[tokio::test]

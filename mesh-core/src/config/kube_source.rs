@@ -13,13 +13,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
 use super::file_source::Snapshot;
-use super::{ConfigError, ConfigObject, ConfigStore, Interest, ObjectKey};
+use super::rejection::Outline;
+use super::{ConfigError, ConfigObject, ConfigStore, Interest, ObjectKey, Rejected};
 
 /// Why a Kubernetes client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -148,37 +152,55 @@ pub fn watch(
     snapshots
 }
 
-/// Applies one watcher event of `kind` to the state.
+/// Applies one watcher event of `kind` to the state. A rejected object is reported and
+/// its stand-in (if it has one) takes its place in the store.
 fn apply(
     state: &Mutex<State>,
     kind: &'static str,
-    event: Event<Result<ConfigObject, ConfigError>>,
+    event: Event<Result<ConfigObject, Box<Rejected>>>,
 ) {
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-    let put = |state: &mut State, object: Result<ConfigObject, ConfigError>| match object {
-        Ok(object) => {
-            let key = object.key();
-            state.errors.remove(&key);
-            if let Some(seen) = state.relisting.get_mut(kind) {
-                seen.insert(key);
+    let put = |state: &mut State, object: Result<ConfigObject, Box<Rejected>>| {
+        let (key, object) = match object {
+            Ok(object) => {
+                let key = object.key();
+                state.errors.remove(&key);
+                (key, Some(object))
             }
-            state.store.insert(object);
+            Err(rejected) => {
+                tracing::warn!(error = %rejected.error, "Kubernetes object rejected");
+                let key = rejected.key.clone().unwrap_or_else(|| ObjectKey {
+                    kind,
+                    namespace: String::new(),
+                    name: rejected.error.file.display().to_string(),
+                });
+                let Rejected {
+                    error, stand_in, ..
+                } = *rejected;
+                state.errors.insert(key.clone(), error);
+                (key, stand_in.map(|object| *object))
+            }
+        };
+        if let Some(seen) = state.relisting.get_mut(kind) {
+            seen.insert(key.clone());
         }
-        Err(error) => {
-            tracing::warn!(%error, "Kubernetes object rejected");
-            let key = ObjectKey {
-                kind,
-                namespace: String::new(),
-                name: error.file.display().to_string(),
-            };
-            state.errors.insert(key, error);
+        match object {
+            Some(object) => state.store.insert(object),
+            None => {
+                state.store.remove(&key);
+            }
         }
     };
     match event {
         Event::Apply(object) | Event::InitApply(object) => put(&mut state, object),
         Event::Delete(object) => {
-            if let Ok(object) = object {
-                state.store.remove(&object.key());
+            let key = match object {
+                Ok(object) => Some(object.key()),
+                Err(rejected) => rejected.key,
+            };
+            if let Some(key) = key {
+                state.store.remove(&key);
+                state.errors.remove(&key);
             }
         }
         Event::Init => {
@@ -195,6 +217,9 @@ fn apply(
             for key in stale {
                 state.store.remove(&key);
             }
+            state
+                .errors
+                .retain(|k, _| k.kind != kind || seen.contains(k));
         }
     }
 }
@@ -246,6 +271,7 @@ fn spawn_istio(
 ) {
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind));
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let recorder = Recorder::new(client.clone(), Reporter::from("ztunnel"));
     tokio::spawn(async move {
         let mut events = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
@@ -253,11 +279,16 @@ fn spawn_istio(
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
-                    apply(
-                        &state,
-                        kind,
-                        map_event(event, |object| parse_istio(kind, object)),
-                    );
+                    let added = matches!(event, Event::Apply(_) | Event::InitApply(_));
+                    let event = map_event(event, |object| {
+                        let reference = object.object_ref(&resource);
+                        let parsed = parse_istio(kind, object);
+                        if let (true, Err(rejected)) = (added, &parsed) {
+                            report_rejection(&recorder, reference, &rejected.error.reason);
+                        }
+                        parsed
+                    });
+                    apply(&state, kind, event);
                     if changed.send(()).is_err() {
                         return;
                     }
@@ -267,6 +298,24 @@ fn spawn_istio(
                     tracing::debug!(kind, error = %err, "Istio resource watch failed; retrying")
                 }
             }
+        }
+    });
+}
+
+/// Tells the object's owner, where `kubectl describe` shows it: a Warning Event
+/// `Rejected` on the object. Best effort: the rejection is logged and counted anyway.
+fn report_rejection(recorder: &Recorder, reference: ObjectReference, reason: &str) {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "Rejected".into(),
+        note: Some(reason.chars().take(1000).collect()),
+        action: "Enforce".into(),
+        secondary: None,
+    };
+    let recorder = recorder.clone();
+    tokio::spawn(async move {
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %err, "publishing a Rejected event failed");
         }
     });
 }
@@ -281,30 +330,41 @@ fn map_event<K, T>(event: Event<K>, convert: impl Fn(K) -> T) -> Event<T> {
     }
 }
 
-/// A dynamic Istio object through the same strict types as files.
-fn parse_istio(kind: &'static str, object: DynamicObject) -> Result<ConfigObject, ConfigError> {
+/// A dynamic Istio object through the same strict types as files. One that does not fit
+/// them, or cannot be enforced as written, is rejected with its fail-closed stand-in.
+fn parse_istio(kind: &'static str, object: DynamicObject) -> Result<ConfigObject, Box<Rejected>> {
     let name = format!(
         "{kind} {}/{}",
         object.metadata.namespace.as_deref().unwrap_or("default"),
         object.metadata.name.as_deref().unwrap_or("")
     );
-    let fail = |reason: String| ConfigError {
-        file: name.clone().into(),
-        document: 1,
-        reason,
-    };
-    let mut value = serde_json::to_value(&object).map_err(|e| fail(e.to_string()))?;
+    let mut value = serde_json::to_value(&object).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
         map.insert("apiVersion".into(), "security.istio.io/v1".into());
         map.insert("kind".into(), kind.into());
     }
-    let object = match kind {
-        "AuthorizationPolicy" => ConfigObject::AuthorizationPolicy(
-            serde_json::from_value(value).map_err(|e| fail(e.to_string()))?,
-        ),
-        _ => ConfigObject::PeerAuthentication(
-            serde_json::from_value(value).map_err(|e| fail(e.to_string()))?,
-        ),
+    let reject = |reason: String| {
+        let outline = Outline::from_json(&value);
+        Box::new(Rejected {
+            error: ConfigError {
+                file: name.clone().into(),
+                document: 1,
+                object: Some(name.clone()),
+                reason,
+            },
+            key: outline.key(kind),
+            stand_in: outline.stand_in(kind),
+        })
     };
-    Ok(super::with_default_namespace(object))
+    let parsed = match kind {
+        "AuthorizationPolicy" => {
+            serde_json::from_value(value.clone()).map(ConfigObject::AuthorizationPolicy)
+        }
+        _ => serde_json::from_value(value.clone()).map(ConfigObject::PeerAuthentication),
+    };
+    let object = super::with_default_namespace(parsed.map_err(|e| reject(e.to_string()))?);
+    match super::rejection::unenforceable(&object) {
+        Some(reason) => Err(reject(reason)),
+        None => Ok(object),
+    }
 }

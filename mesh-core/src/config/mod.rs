@@ -8,6 +8,9 @@
 pub mod file_source;
 pub mod istio;
 pub mod kube_source;
+pub mod rejection;
+
+pub use rejection::Rejected;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -171,15 +174,17 @@ impl ConfigObject {
     }
 }
 
-/// Why a configuration document was rejected.
+/// Why a configuration document or object was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file} (document {document}): {reason}")]
+#[error("{file} (document {document}{}): {reason}", object.as_ref().map(|o| format!(", {o}")).unwrap_or_default())]
 pub struct ConfigError {
-    /// The file.
+    /// The file (for the API source: the object).
     pub file: PathBuf,
     /// 1-based position of the YAML document in the file.
     pub document: usize,
-    /// What is wrong, naming the field where the parser could.
+    /// The object, `Kind namespace/name`, when that much could be read.
+    pub object: Option<String>,
+    /// What is wrong, naming the field or value where the parser could.
     pub reason: String,
 }
 
@@ -282,68 +287,162 @@ struct TypeMeta {
 /// What parsing a file produced.
 #[derive(Debug, Default)]
 pub struct Parsed {
-    /// Objects the mesh understands.
+    /// Objects the mesh understands, including the stand-ins of rejected policies.
     pub objects: Vec<ConfigObject>,
     /// `apiVersion kind` of documents it does not use (Deployments, VirtualServices, ...).
     pub skipped: Vec<String>,
+    /// Documents it refused, each reported, with what stands in for it.
+    pub rejected: Vec<Rejected>,
 }
+
+impl Parsed {
+    /// The objects, failing if any document was refused (for tests and fixtures that
+    /// must be valid).
+    pub fn valid(self) -> Result<Vec<ConfigObject>, ConfigError> {
+        match self.rejected.into_iter().next() {
+            Some(rejected) => Err(rejected.error),
+            None => Ok(self.objects),
+        }
+    }
+}
+
+/// The API groups of the kinds the mesh reads, and the versions it reads them in: a
+/// known kind of a known group in another version is refused, not skipped.
+const KNOWN: [(&str, &str, &[&str]); 8] = [
+    ("", "Namespace", &["v1"]),
+    ("", "Node", &["v1"]),
+    ("", "Pod", &["v1"]),
+    ("", "Service", &["v1"]),
+    ("", "ServiceAccount", &["v1"]),
+    ("discovery.k8s.io", "EndpointSlice", &["v1"]),
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        &["v1", "v1beta1"],
+    ),
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        &["v1", "v1beta1"],
+    ),
+];
 
 /// Parses every YAML document of one file.
 ///
 /// Documents of kinds the mesh does not use are skipped, not errors, so a directory can
-/// hold whole application manifests. A document the mesh does use must be valid.
-pub fn parse_documents(file: &Path, text: &str) -> Result<Parsed, ConfigError> {
+/// hold whole application manifests. A document of a kind the mesh uses must be valid: one
+/// that is not is rejected on its own (the file's other documents still apply), reported
+/// by file, document, object and field, and, for the security kinds, replaced by a
+/// fail-closed stand-in ([`rejection`]).
+pub fn parse_documents(file: &Path, text: &str) -> Parsed {
     let mut parsed = Parsed::default();
     for (index, document) in split_documents(text).into_iter().enumerate() {
-        let fail = |reason: String| ConfigError {
-            file: file.to_path_buf(),
-            document: index + 1,
-            reason,
-        };
         if document
             .lines()
             .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
         {
             continue;
         }
-        let meta: TypeMeta = serde_saphyr::from_str(document).map_err(|e| fail(e.to_string()))?;
-        let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
-            return Err(fail("apiVersion and kind are required".into()));
+        let error = |object: Option<String>, reason: String| ConfigError {
+            file: file.to_path_buf(),
+            document: index + 1,
+            object,
+            reason,
         };
-        let typed = |e: serde_saphyr::Error| fail(format!("{kind}: {e}"));
-        let object = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => {
-                ConfigObject::Namespace(serde_saphyr::from_str(document).map_err(typed)?)
-            }
-            ("v1", "Node") => ConfigObject::Node(serde_saphyr::from_str(document).map_err(typed)?),
-            ("v1", "Pod") => ConfigObject::Pod(serde_saphyr::from_str(document).map_err(typed)?),
-            ("v1", "Service") => {
-                ConfigObject::Service(serde_saphyr::from_str(document).map_err(typed)?)
-            }
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                ConfigObject::EndpointSlice(serde_saphyr::from_str(document).map_err(typed)?)
-            }
-            ("v1", "ServiceAccount") => {
-                ConfigObject::ServiceAccount(serde_saphyr::from_str(document).map_err(typed)?)
-            }
-            ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
-                ConfigObject::AuthorizationPolicy(serde_saphyr::from_str(document).map_err(typed)?)
-            }
-            ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
-                ConfigObject::PeerAuthentication(serde_saphyr::from_str(document).map_err(typed)?)
-            }
-            _ => {
-                parsed.skipped.push(format!("{api_version} {kind}"));
+        let meta: TypeMeta = match serde_saphyr::from_str(document) {
+            Ok(meta) => meta,
+            Err(e) => {
+                parsed.rejected.push(Rejected {
+                    error: error(None, e.to_string()),
+                    key: None,
+                    stand_in: None,
+                });
                 continue;
             }
         };
-        let object = with_default_namespace(object);
-        if object.metadata().name.as_deref().is_none_or(str::is_empty) {
-            return Err(fail(format!("{kind}: metadata.name is required")));
+        let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
+            parsed.rejected.push(Rejected {
+                error: error(None, "apiVersion and kind are required".into()),
+                key: None,
+                stand_in: None,
+            });
+            continue;
+        };
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+        let Some((_, known_kind, versions)) =
+            KNOWN.iter().find(|(g, k, _)| *g == group && *k == kind)
+        else {
+            parsed.skipped.push(format!("{api_version} {kind}"));
+            continue;
+        };
+        match parse_known(known_kind, versions, version, document) {
+            Ok(object) => {
+                let object = with_default_namespace(object);
+                let described = object.key().to_string();
+                if object.metadata().name.as_deref().is_none_or(str::is_empty) {
+                    parsed.rejected.push(Rejected {
+                        error: error(None, format!("{kind}: metadata.name is required")),
+                        key: None,
+                        stand_in: None,
+                    });
+                } else if let Some(reason) = rejection::unenforceable(&object) {
+                    let outline = rejection::Outline::from_yaml(document);
+                    parsed.rejected.push(Rejected {
+                        error: error(Some(described), reason),
+                        key: Some(object.key()),
+                        stand_in: outline.stand_in(known_kind),
+                    });
+                } else {
+                    parsed.objects.push(object);
+                }
+            }
+            Err(reason) => {
+                let outline = rejection::Outline::from_yaml(document);
+                let key = outline.key(known_kind);
+                parsed.rejected.push(Rejected {
+                    error: error(key.as_ref().map(ToString::to_string), reason),
+                    key,
+                    stand_in: outline.stand_in(known_kind),
+                });
+            }
         }
-        parsed.objects.push(object);
     }
-    Ok(parsed)
+    for rejected in &parsed.rejected {
+        parsed.objects.extend(rejected.stand_in.as_deref().cloned());
+    }
+    parsed
+}
+
+/// One document of a kind the mesh reads, in one of the versions it reads.
+fn parse_known(
+    kind: &'static str,
+    versions: &[&str],
+    version: &str,
+    document: &str,
+) -> Result<ConfigObject, String> {
+    if !versions.contains(&version) {
+        return Err(format!(
+            "{kind}: unsupported apiVersion version {version:?} (this mesh reads {})",
+            versions.join(", ")
+        ));
+    }
+    let typed = |e: serde_saphyr::Error| format!("{kind}: {e}");
+    Ok(match kind {
+        "Namespace" => ConfigObject::Namespace(serde_saphyr::from_str(document).map_err(typed)?),
+        "Node" => ConfigObject::Node(serde_saphyr::from_str(document).map_err(typed)?),
+        "Pod" => ConfigObject::Pod(serde_saphyr::from_str(document).map_err(typed)?),
+        "Service" => ConfigObject::Service(serde_saphyr::from_str(document).map_err(typed)?),
+        "EndpointSlice" => {
+            ConfigObject::EndpointSlice(serde_saphyr::from_str(document).map_err(typed)?)
+        }
+        "ServiceAccount" => {
+            ConfigObject::ServiceAccount(serde_saphyr::from_str(document).map_err(typed)?)
+        }
+        "AuthorizationPolicy" => {
+            ConfigObject::AuthorizationPolicy(serde_saphyr::from_str(document).map_err(typed)?)
+        }
+        _ => ConfigObject::PeerAuthentication(serde_saphyr::from_str(document).map_err(typed)?),
+    })
 }
 
 /// Namespaced objects written without `metadata.namespace` belong to `default`, as with

@@ -1,7 +1,11 @@
 use super::*;
 
 fn parse(text: &str) -> Result<Parsed, ConfigError> {
-    parse_documents(Path::new("policies.yaml"), text)
+    let parsed = parse_documents(Path::new("policies.yaml"), text);
+    match parsed.rejected.first() {
+        Some(rejected) => Err(rejected.error.clone()),
+        None => Ok(parsed),
+    }
 }
 
 #[test]
@@ -84,15 +88,98 @@ metadata:
 }
 
 #[test]
-fn a_misspelled_field_is_an_error_naming_file_document_and_field() {
-    let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n  acton: DENY\n";
+fn a_misspelled_field_is_an_error_naming_file_document_object_and_field() {
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: shop\nspec:\n  acton: DENY\n";
     let err = parse(text).unwrap_err();
     assert_eq!(err.document, 2);
     let text = err.to_string();
     assert!(
-        text.contains("policies.yaml") && text.contains("acton"),
+        text.contains("policies.yaml")
+            && text.contains("AuthorizationPolicy shop/p")
+            && text.contains("acton"),
         "{text}"
     );
+}
+
+const DENY_LEGACY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {namespaces: [legacy]}}]\n";
+
+/// The stand-in of a rejected policy: DENY everything to `selector`.
+fn assert_denies_all(object: &ConfigObject, name: &str, selector: Option<&str>) {
+    let ConfigObject::AuthorizationPolicy(policy) = object else {
+        panic!("not a policy: {object:?}")
+    };
+    assert_eq!(policy.metadata.name.as_deref(), Some(name));
+    assert_eq!(policy.spec.action, istio::Action::Deny);
+    assert_eq!(policy.spec.rules, vec![istio::Rule::default()]);
+    assert_eq!(
+        policy
+            .spec
+            .selector
+            .as_ref()
+            .map(|s| s.match_labels["app"].as_str()),
+        selector
+    );
+}
+
+#[test]
+fn a_rejected_policy_is_reported_and_fails_closed_while_the_files_other_documents_apply() {
+    let typo = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: server}}\n  rules:\n  - form: [{source: {principals: [web]}}]\n";
+    let parsed = parse_documents(Path::new("p.yaml"), &format!("{DENY_LEGACY}---\n{typo}"));
+    assert_eq!(parsed.rejected.len(), 1);
+    let error = parsed.rejected[0].error.to_string();
+    assert!(
+        error.contains("p.yaml (document 2, AuthorizationPolicy shop/allow-web)")
+            && error.contains("form"),
+        "{error}"
+    );
+    assert_eq!(
+        parsed.objects.len(),
+        2,
+        "the valid DENY stays, with the stand-in"
+    );
+    assert_eq!(
+        parsed.objects[0].key().to_string(),
+        "AuthorizationPolicy shop/deny-legacy"
+    );
+    assert_denies_all(&parsed.objects[1], "allow-web", Some("server"));
+}
+
+#[test]
+fn an_unknown_version_of_a_known_kind_and_action_custom_are_refused_not_skipped() {
+    let future = DENY_LEGACY.replace("security.istio.io/v1", "security.istio.io/v1beta2");
+    let parsed = parse_documents(Path::new("p.yaml"), &future);
+    assert_eq!(parsed.skipped, Vec::<String>::new());
+    assert!(
+        parsed.rejected[0].error.reason.contains("v1beta2"),
+        "{:?}",
+        parsed.rejected
+    );
+    assert_denies_all(&parsed.objects[0], "deny-legacy", None);
+
+    let custom = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n";
+    let parsed = parse_documents(Path::new("p.yaml"), custom);
+    assert!(parsed.rejected[0].error.reason.contains("CUSTOM"));
+    assert_denies_all(&parsed.objects[0], "ext", Some("server"));
+
+    // A broken selector: the stand-in covers the whole namespace.
+    let bad_selector = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: odd, namespace: shop}\nspec:\n  selector: {matchLabel: {app: server}}\n";
+    let parsed = parse_documents(Path::new("p.yaml"), bad_selector);
+    assert_denies_all(&parsed.objects[0], "odd", None);
+
+    // A PeerAuthentication that cannot be read requires mutual TLS.
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec:\n  mtls: {mode: PERMISIVE}\n";
+    let parsed = parse_documents(Path::new("p.yaml"), pa);
+    let ConfigObject::PeerAuthentication(strict) = &parsed.objects[0] else {
+        panic!("{parsed:?}")
+    };
+    assert_eq!(strict.spec.mtls.unwrap().mode, istio::MtlsMode::Strict);
+
+    // Kinds the mesh does not read stay skipped, in any version.
+    let parsed = parse_documents(
+        Path::new("p.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\n",
+    );
+    assert!(parsed.rejected.is_empty() && parsed.objects.is_empty());
 }
 
 #[test]

@@ -223,8 +223,8 @@ mod tests {
     fn store(yaml: &str) -> ConfigStore {
         let mut store = ConfigStore::default();
         for object in parse_documents(Path::new("test.yaml"), yaml)
+            .valid()
             .unwrap()
-            .objects
         {
             store.insert(object);
         }

@@ -63,8 +63,8 @@ mod tests {
 
     fn policies(yaml: &str) -> Vec<PeerAuthentication> {
         parse_documents(Path::new("pa.yaml"), yaml)
+            .valid()
             .unwrap()
-            .objects
             .into_iter()
             .filter_map(|o| match o {
                 ConfigObject::PeerAuthentication(p) => Some(p),

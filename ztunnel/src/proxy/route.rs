@@ -173,8 +173,8 @@ spec: {clusterIP: 10.96.0.11, selector: {app: nothing}, ports: [{port: 80}]}
     fn plane() -> DataPlane {
         let mut store = ConfigStore::default();
         for object in parse_documents(Path::new("c.yaml"), CLUSTER)
+            .valid()
             .unwrap()
-            .objects
         {
             store.insert(object);
         }

@@ -108,8 +108,8 @@ impl Mesh {
     pub fn set_policies(&self, yaml: &str) {
         let mut store = self.base.clone();
         for object in parse_documents(std::path::Path::new("policies.yaml"), yaml)
+            .valid()
             .unwrap()
-            .objects
         {
             store.insert(object);
         }

@@ -6,8 +6,8 @@ use crate::identity::Identity;
 
 fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
     parse_documents(Path::new("authz.yaml"), yaml)
+        .valid()
         .unwrap()
-        .objects
         .into_iter()
         .filter_map(|o| match o {
             ConfigObject::AuthorizationPolicy(p) => Some(p),
