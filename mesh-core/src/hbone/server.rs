@@ -365,15 +365,7 @@ impl<H: TunnelHandler> Shared<H> {
         mut respond: SendResponse<Bytes>,
         peer: PeerInfo,
     ) {
-        let target = if request.method() == Method::CONNECT {
-            request
-                .uri()
-                .authority()
-                .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-        } else {
-            None
-        };
-        let Some(target) = target else {
+        let Some(target) = connect_target(&request) else {
             ServerStats::bump(&self.stats.malformed);
             tracing::debug!(peer = %peer.identity, method = %request.method(), uri = %request.uri(), "not a CONNECT to ip:port");
             let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
@@ -400,6 +392,18 @@ impl<H: TunnelHandler> Shared<H> {
         ServerStats::bump(&self.stats.handshake_failures);
         tracing::debug!(%addr, reason, "HBONE connection refused");
     }
+}
+
+/// Where a request asks to be tunneled: a CONNECT whose `:authority` is `ip:port`. Any
+/// other request is answered 400 by the server itself.
+pub fn connect_target<B>(request: &Request<B>) -> Option<SocketAddr> {
+    if request.method() != Method::CONNECT {
+        return None;
+    }
+    request
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
 }
 
 fn peer_info(
