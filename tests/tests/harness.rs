@@ -409,12 +409,25 @@ fn building_without_root_fails_with_a_clear_message() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let demo = dir.path().join("mesh-demo");
     std::fs::copy(env!("CARGO_BIN_EXE_mesh-demo"), &demo).unwrap();
-    let output = Command::new(&demo)
-        .current_dir("/")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // A child forked by another test thread while the copy was open for writing holds it
+    // until that child execs: the kernel then refuses to run the copy (ETXTBSY) briefly.
+    let run = || {
+        Command::new(&demo)
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+    };
+    let output = eventually(
+        "the copied binary to be runnable",
+        Duration::from_secs(5),
+        || match run() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(err),
+            other => Ok(other),
+        },
+    )
+    .unwrap()
+    .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("must run as root"), "{stderr}");

@@ -36,6 +36,8 @@ pub struct Config {
     pub admin_addr: std::net::SocketAddr,
     /// Changes the log filter at runtime (from the admin endpoint).
     pub set_log_level: crate::admin::SetLogLevel,
+    /// How often freed heap is given back to the kernel (zero: never).
+    pub memory_trim: Duration,
 }
 
 /// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
@@ -84,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .with_context(|| format!("binding {:?}", config.endpoints))?;
     let endpoints = tokio::spawn(endpoints);
+    crate::memory::spawn_trimmer(config.memory_trim);
     let state = Arc::new(ProxyState {
         plane,
         certs,

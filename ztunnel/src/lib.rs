@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod http_endpoints;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod zds_client;

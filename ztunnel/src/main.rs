@@ -56,6 +56,9 @@ struct Args {
     /// is 2 as well).
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     worker_threads: u16,
+    /// Seconds between returns of freed heap to the kernel after bursts (0: never).
+    #[arg(long, env = "ZTUNNEL_MEMORY_TRIM_SECONDS", default_value_t = 10)]
+    memory_trim_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         .with(filter)
         .with(format)
         .init();
+    raise_fd_limit();
     let set_log_level: ztunnel::admin::SetLogLevel = std::sync::Arc::new(move |level: &str| {
         let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         reload.reload(filter).map_err(|e| e.to_string())
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_seconds),
         admin_addr: args.admin_addr,
         set_log_level,
+        memory_trim: std::time::Duration::from_secs(args.memory_trim_seconds),
         endpoints: ztunnel::http_endpoints::Endpoints {
             metrics: args.metrics_addr,
             readiness: args.readiness_addr,
@@ -108,4 +113,19 @@ fn main() -> anyhow::Result<()> {
         })
         .await
     })
+}
+
+/// Every proxied connection costs ztunnel two descriptors: take all the soft limit may
+/// give (up to the hard limit), as Istio's ztunnel does, rather than the 1,024 a shell
+/// often hands down.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not read the open-file limit"),
+    }
 }

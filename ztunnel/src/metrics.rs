@@ -41,12 +41,15 @@ pub enum RefusalReason {
     /// Its target is one of ztunnel's own listeners (or loopback): relaying it would make
     /// ztunnel connect to itself.
     Loop,
+    /// Its pod already had the most upstream connects in progress that one pod may have.
+    PendingConnects,
 }
 
 impl RefusalReason {
     fn as_str(self) -> &'static str {
         match self {
             RefusalReason::Loop => "loop",
+            RefusalReason::PendingConnects => "pending_connects",
         }
     }
 }

@@ -181,6 +181,5 @@ async fn dial_app(
     src: std::net::IpAddr,
     target: SocketAddr,
 ) -> std::io::Result<TcpStream> {
-    let from = SocketAddr::new(src, 0);
-    mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, Some(from), target).await
+    super::connect_upstream(pod, Some(SocketAddr::new(src, 0)), target).await
 }

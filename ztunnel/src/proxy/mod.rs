@@ -33,6 +33,35 @@ use tokio::task::JoinHandle;
 
 pub use mesh_core::inpod::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
+/// How long a TCP connect to an upstream (the app in the pod, a destination outside the
+/// mesh) may take: a destination that drops SYNs would otherwise hold both of the
+/// connection's descriptors for the kernel's two minutes of retries.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects from inside the pod (marked, optionally from `src`), within
+/// [`UPSTREAM_CONNECT_TIMEOUT`].
+async fn connect_upstream(
+    pod: &PodContext,
+    src: Option<SocketAddr>,
+    dst: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let connect = mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, src, dst);
+    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {UPSTREAM_CONNECT_TIMEOUT:?}"),
+            )
+        })?
+}
+
+/// Upstream connects one pod may have in progress at once. A destination that answers
+/// completes its connect in a round trip; only one that drops SYNs (a black hole, or a
+/// scan of dead addresses) piles them up, and past this many its connections are refused
+/// at once rather than let one pod spend the node's descriptors.
+pub const MAX_PENDING_CONNECTS_PER_POD: usize = 1024;
+
 /// What every pod proxy of this ztunnel shares.
 pub struct ProxyState {
     /// The current data plane, replaced on every configuration change.
@@ -84,6 +113,8 @@ struct PodContext {
     client: HboneClient,
     stats: Arc<ProxyStats>,
     next_endpoint: AtomicUsize,
+    /// Permits for upstream connects in progress ([`MAX_PENDING_CONNECTS_PER_POD`]).
+    pending_connects: Arc<tokio::sync::Semaphore>,
 }
 
 /// Opens HBONE connections from inside the pod, marked.
@@ -168,6 +199,7 @@ impl WorkloadProxy {
             client,
             stats: stats.clone(),
             next_endpoint: AtomicUsize::new(0),
+            pending_connects: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_CONNECTS_PER_POD)),
         });
 
         let resolver = Arc::new(ManagedCertResolver::new(

@@ -54,6 +54,14 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
     if to_listener || inpod::is_own_listener(dst.ip(), dst.port(), &pod.workload.ips) {
         return refuse_loop(&pod, src, dst);
     }
+    // Held until the upstream connection is established (or fails).
+    let Ok(connecting) = pod.pending_connects.clone().try_acquire_owned() else {
+        pod.state
+            .metrics
+            .refused("outbound", RefusalReason::PendingConnects);
+        tracing::warn!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, "connection refused: too many upstream connects in progress");
+        return;
+    };
     let plane = pod.state.plane();
     let pick = |n| pod.next_endpoint.fetch_add(1, Ordering::Relaxed) % n;
     let started = std::time::Instant::now();
@@ -90,7 +98,9 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
                 authority,
                 headers: request_headers,
             };
-            match pod.client.connect(request).await {
+            let connected = pod.client.connect(request).await;
+            drop(connecting);
+            match connected {
                 Ok(upstream) => {
                     ProxyStats::bump(&pod.stats.outbound_hbone);
                     let labels = TcpLabels {
@@ -122,31 +132,35 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
             addr,
             workload,
             service,
-        }) => match mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, None, addr).await {
-            Ok(mut upstream) => {
-                ProxyStats::bump(&pod.stats.outbound_passthrough);
-                let labels = TcpLabels {
-                    destination_workload: workload
-                        .as_ref()
-                        .map_or_else(|| "unknown".into(), |w| w.name.clone()),
-                    destination_workload_namespace: workload
-                        .as_ref()
-                        .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
-                    destination_principal: "unknown".into(),
-                    destination_service: service
-                        .map_or_else(|| addr.ip().to_string(), |s| s.hostname()),
-                    connection_security_policy: "none".into(),
-                    ..source_labels(&pod)
-                };
-                pod.state.metrics.opened(&labels);
-                let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
-                    .await
-                    .unwrap_or_default();
-                pod.state.metrics.closed(&labels, copied.0, copied.1);
-                Ok(("passthrough", String::from("-"), copied))
+        }) => {
+            let connected = super::connect_upstream(&pod, None, addr).await;
+            drop(connecting);
+            match connected {
+                Ok(mut upstream) => {
+                    ProxyStats::bump(&pod.stats.outbound_passthrough);
+                    let labels = TcpLabels {
+                        destination_workload: workload
+                            .as_ref()
+                            .map_or_else(|| "unknown".into(), |w| w.name.clone()),
+                        destination_workload_namespace: workload
+                            .as_ref()
+                            .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
+                        destination_principal: "unknown".into(),
+                        destination_service: service
+                            .map_or_else(|| addr.ip().to_string(), |s| s.hostname()),
+                        connection_security_policy: "none".into(),
+                        ..source_labels(&pod)
+                    };
+                    pod.state.metrics.opened(&labels);
+                    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                        .await
+                        .unwrap_or_default();
+                    pod.state.metrics.closed(&labels, copied.0, copied.1);
+                    Ok(("passthrough", String::from("-"), copied))
+                }
+                Err(err) => Err(format!("connecting to {addr}: {err}")),
             }
-            Err(err) => Err(format!("connecting to {addr}: {err}")),
-        },
+        }
     };
     match outcome {
         Ok((mode, dst_identity, (sent, received))) => tracing::info!(
