@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_core::hbone::ServerSettings;
-use rustls::pki_types::ServerName;
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -25,25 +24,6 @@ async fn server(settings: ServerSettings) -> (Arc<mesh_core::cert::LocalCa>, Tes
     )
     .await;
     (ca, server)
-}
-
-/// A TLS + HTTP/2 connection as `shop/web`, with no tunnel on it.
-async fn h2_connection(
-    ca: &mesh_core::cert::LocalCa,
-    server: &TestServer,
-) -> (
-    h2::client::SendRequest<bytes::Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let cert = ca.issue_now(&id("shop", "web")).unwrap();
-    let config = mesh_core::tls::client_config(&cert, vec![server.identity.clone()]).unwrap();
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(server.addr.ip().into()), tcp)
-        .await
-        .unwrap();
-    let (send, connection) = h2::client::handshake(tls).await.unwrap();
-    (send, tokio::spawn(connection))
 }
 
 #[tokio::test]

@@ -98,15 +98,7 @@ async fn http1_over_mutual_tls_is_refused_by_alpn() {
 #[tokio::test]
 async fn non_connect_and_malformed_authority_get_400() {
     let (ca, server, app) = server_and_app().await;
-    let cert = ca.issue_now(&id("shop", "web")).unwrap();
-    let config = mesh_core::tls::client_config(&cert, vec![server.identity.clone()]).unwrap();
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(server.addr.ip().into()), tcp)
-        .await
-        .unwrap();
-    let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
+    let (mut h2, _connection) = h2_connection(&ca, &server).await;
     let requests = [
         http::Request::get(format!("http://{app}/"))
             .body(())

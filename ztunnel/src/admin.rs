@@ -14,8 +14,6 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
 
 use crate::proxy::ProxyState;
@@ -127,30 +125,13 @@ pub async fn serve(
         ));
     }
     let listener = mesh_core::socket::listen_shared(addr)?;
-    Ok(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let (status, body) = admin.answer(&request);
-                    async move {
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let page = move |request: Request<hyper::body::Incoming>| {
+        let (status, body) = admin.answer(&request);
+        async move {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
         }
-    })
+    };
+    Ok(crate::http_endpoints::serve_http(listener, page))
 }

@@ -44,8 +44,8 @@ pub async fn serve(
             Ok::<_, Infallible>(respond(body))
         };
         tokio::join!(
-            serve_one(metrics_listener, metrics_page),
-            serve_one(readiness_listener, ready_page)
+            serve_http(metrics_listener, metrics_page),
+            serve_http(readiness_listener, ready_page)
         );
     })
 }
@@ -60,7 +60,10 @@ fn respond(body: Option<String>) -> Response<Full<Bytes>> {
     response
 }
 
-async fn serve_one<F, Fut>(listener: TcpListener, page: F)
+/// Serves HTTP/1.1 and HTTP/2 on `listener` with `page`, each connection on its own task,
+/// backing off when accept fails (out of descriptors) instead of spinning. The node's
+/// HTTP endpoints (these two and the admin endpoint) all run on it.
+pub(crate) async fn serve_http<F, Fut>(listener: TcpListener, page: F)
 where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,

@@ -83,14 +83,20 @@ fn forwarded(ip: &str) -> HeaderMap {
     map
 }
 
-#[test]
-fn a_forged_forwarded_header_neither_escapes_an_ip_deny_nor_spoofs_the_source() {
+/// The `shop` cluster captured, with an HTTP echo server on `server`:8080.
+fn mesh_with_server() -> (Cluster, Mesh) {
     let cluster = cluster();
     cluster
         .pod("server")
         .serve(["http-echo", "--listen", "0.0.0.0:8080"])
         .unwrap();
     let mesh = Mesh::start(&cluster);
+    (cluster, mesh)
+}
+
+#[test]
+fn a_forged_forwarded_header_neither_escapes_an_ip_deny_nor_spoofs_the_source() {
+    let (cluster, mesh) = mesh_with_server();
     let server = SocketAddr::from((cluster.pod("server").ip(), 8080));
     let attacker = cluster.pod("legacy").ip();
     let client = cluster.pod("client").ip().to_string();
@@ -154,12 +160,7 @@ fn refused_loops(mesh: &Mesh) -> u64 {
 
 #[test]
 fn connections_aimed_at_ztunnels_own_ports_are_refused_instead_of_looping() {
-    let cluster = cluster();
-    cluster
-        .pod("server")
-        .serve(["http-echo", "--listen", "0.0.0.0:8080"])
-        .unwrap();
-    let mesh = Mesh::start(&cluster);
+    let (cluster, mesh) = mesh_with_server();
     let server_ip = cluster.pod("server").ip();
     let client_ip = cluster.pod("client").ip();
     let fds = open_fds();

@@ -224,3 +224,26 @@ impl Fixture {
         }
     }
 }
+
+/// A raw TLS + HTTP/2 connection to `server` as `shop/web`, for tests that speak HTTP/2
+/// themselves; the connection's driver runs on its own task.
+pub async fn h2_connection(
+    ca: &LocalCa,
+    server: &TestServer,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let cert = ca.issue_now(&id("shop", "web")).unwrap();
+    let config = tls::client_config(&cert, vec![server.identity.clone()]).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(server.addr.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    (send, tokio::spawn(connection))
+}

@@ -59,7 +59,8 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
         pod.state
             .metrics
             .refused("outbound", RefusalReason::PendingConnects);
-        tracing::warn!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, "connection refused: too many upstream connects in progress");
+        // Counted in the metric; a warning per refusal would let the flood fill the log.
+        tracing::debug!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, "connection refused: too many upstream connects in progress");
         return;
     };
     let plane = pod.state.plane();
