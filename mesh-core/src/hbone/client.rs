@@ -131,7 +131,9 @@ impl HboneClient {
             request.dst,
         );
         let mut stale_error = None;
-        for _attempt in 0..2 {
+        // A server handing over to its successor may decline on every connection it
+        // still holds: a few attempts reach a connection to the successor.
+        for _attempt in 0..MAX_ATTEMPTS {
             let (conn, reservation, reused) = self
                 .pool
                 .checkout(&key, &cert.info().serial, || {
@@ -153,8 +155,8 @@ impl HboneClient {
                 Err(SendError::BeforeRequest(err) | SendError::Exchange(err)) => return Err(err),
             }
         }
-        // Only reachable if the fresh connection of the second attempt was itself replaced
-        // by another reused, dead one: report what killed it.
+        // Only reachable when every attempt met a dead or declining connection: report
+        // what the last one said.
         Err(stale_error.unwrap_or(HboneError::Timeout {
             addr: request.dst,
             what: "finding a live connection",
@@ -231,12 +233,13 @@ impl HboneClient {
     ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), SendError> {
         let addr = request.dst;
         let http2 = |source| HboneError::Http2 { addr, source };
-        let mut send_request = conn
-            .send_request
-            .clone()
-            .ready()
-            .await
-            .map_err(|err| SendError::BeforeRequest(http2(err)))?;
+        let mut send_request = conn.send_request.clone().ready().await.map_err(|err| {
+            if declined(&err) {
+                SendError::Unprocessed(http2(err))
+            } else {
+                SendError::BeforeRequest(http2(err))
+            }
+        })?;
 
         let mut builder = Request::builder()
             .method(Method::CONNECT)
@@ -259,10 +262,7 @@ impl HboneClient {
             .send_request(connect, false)
             .map_err(|err| SendError::BeforeRequest(http2(err)))?;
         let response = response.await.map_err(|err| {
-            // RFC 9113 8.7: a stream past the GOAWAY's last id, or refused, was not
-            // processed and may be retried. (No tunnel byte has been sent before the 200,
-            // so even a CONNECT the server did see costs the app one empty connection.)
-            if err.is_go_away() || err.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            if declined(&err) {
                 SendError::Unprocessed(http2(err))
             } else {
                 SendError::Exchange(http2(err))
@@ -277,6 +277,17 @@ impl HboneClient {
         }
         Ok((send, response.into_body()))
     }
+}
+
+/// Attempts at one tunnel: the first, then retries after a dead pooled connection or a
+/// stream the server declined unprocessed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Whether the server declined the stream without processing it. RFC 9113 8.7: a stream
+/// past the GOAWAY's last id, or refused, may be retried. (No tunnel byte is sent before
+/// the 200, so even a CONNECT the server did see costs the app one empty connection.)
+fn declined(err: &h2::Error) -> bool {
+    err.is_go_away() || err.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// How far a CONNECT got before it failed: what decides whether it may be retried.
