@@ -2,7 +2,8 @@
 //! port by one source (`legacy`), and 10,000 connections from an app (`client`) to a
 //! destination that drops every SYN. ztunnel stays within a stated memory bound, keeps
 //! serving the bystanders (`cache` -> `server`, through both flooded ztunnels, every
-//! request answered), and gives the descriptors and the memory back when the floods end.
+//! request answered, p99 within 2x), and gives the descriptors and the memory back when
+//! the floods end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,8 +211,12 @@ fn floods_stay_within_a_memory_bound_and_spare_other_traffic() {
             peak - idle
         );
     }
-    // The bystander's p99 is reported above, not asserted: a timed assertion on a shared
-    // 2-core machine is noise (measured 0.8x to 2.6x of the p99 before the floods).
+    // Within 2x of the p99 measured just before, in the same run; the 2 ms floor absorbs
+    // a scheduler hiccup on a shared 2-core machine (measured: 0.9x to 1.05x).
+    assert!(
+        during <= before * 2 + Duration::from_millis(2),
+        "the bystander's p99 went from {before:?} to {during:?}"
+    );
 
     // The black-hole connections are closed by ztunnel's connect timeout, the idle TLS
     // connections by the server's idle timeout (or here, by their client): descriptors
