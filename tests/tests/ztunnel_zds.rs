@@ -53,6 +53,32 @@ fn bad_requests_are_refused_and_ztunnel_keeps_serving() {
         )
         .unwrap();
 
+    // Not ready until the agent's snapshot has been served.
+    let ready = || {
+        let out = cluster
+            .node("n1")
+            .exec(
+                "curl",
+                [
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    "http://127.0.0.1:15021/healthz/ready",
+                ],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    mesh_tests::eventually(
+        "ztunnel's readiness endpoint",
+        Duration::from_secs(20),
+        || match ready() {
+            answer if answer.contains("ZDS") => Ok(()),
+            other => Err(other),
+        },
+    )
+    .unwrap();
+
     let netns = std::fs::File::open(cluster.pod("web").netns().path()).unwrap();
     let not_a_netns = tempfile::tempfile().unwrap();
     runtime.block_on(async {
@@ -104,6 +130,7 @@ fn bad_requests_are_refused_and_ztunnel_keeps_serving() {
             .await
             .unwrap();
         ack(&connection).await.unwrap();
+        assert_eq!(ready(), "ready\n", "ready once the snapshot is served");
     });
     let log = ztunnel.stdout();
     assert!(

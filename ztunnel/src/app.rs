@@ -55,12 +55,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!(%error, "config rejected");
     }
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let readiness = Arc::new(crate::readiness::Readiness::default());
     let rejected = Arc::new(std::sync::Mutex::new(Vec::new()));
     // Rejections are reported three ways: logged (by the source, once per change), counted
     // in a metric, and listed in the admin config dump.
     let report = {
-        let (metrics, rejected) = (metrics.clone(), rejected.clone());
+        let (metrics, rejected, readiness) = (metrics.clone(), rejected.clone(), readiness.clone());
         move |snapshot: &mesh_core::config::file_source::Snapshot| {
+            readiness.set_config(snapshot.synced);
             metrics.set_rejected_config(snapshot.errors.len());
             if let Ok(mut list) = rejected.lock() {
                 *list = snapshot.errors.iter().map(ToString::to_string).collect();
@@ -81,10 +83,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let ca = LocalCa::load_or_generate(&config.ca_dir, &config.trust_domain)
         .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?;
+    readiness.set_certificates(true);
     let certs = Arc::new(CertManager::new(Arc::new(ca), RenewalPolicy::default()));
-    let endpoints = crate::http_endpoints::serve(config.endpoints, metrics.clone())
-        .await
-        .with_context(|| format!("binding {:?}", config.endpoints))?;
+    let endpoints =
+        crate::http_endpoints::serve(config.endpoints, metrics.clone(), readiness.clone())
+            .await
+            .with_context(|| format!("binding {:?}", config.endpoints))?;
     let endpoints = tokio::spawn(endpoints);
     crate::memory::spawn_trimmer(config.memory_trim);
     let state = Arc::new(ProxyState {
@@ -112,7 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         endpoints.abort();
         admin.abort();
     };
-    Enrolled::new(state, pods)
+    Enrolled::new(state, pods, readiness)
         .run(
             config.zds_socket.clone(),
             shutdown,

@@ -27,6 +27,7 @@ pub struct Endpoints {
 pub async fn serve(
     endpoints: Endpoints,
     metrics: Arc<Metrics>,
+    readiness: Arc<crate::readiness::Readiness>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let metrics_listener = mesh_core::socket::listen_shared(endpoints.metrics)?;
     let readiness_listener = mesh_core::socket::listen_shared(endpoints.readiness)?;
@@ -39,9 +40,21 @@ pub async fn serve(
             };
             async move { Ok::<_, Infallible>(respond(body)) }
         };
-        let ready_page = |request: Request<hyper::body::Incoming>| async move {
-            let body = (request.uri().path() == "/healthz/ready").then(|| "ready\n".to_string());
-            Ok::<_, Infallible>(respond(body))
+        let ready_page = move |request: Request<hyper::body::Incoming>| {
+            let response = if request.uri().path() != "/healthz/ready" {
+                respond(None)
+            } else {
+                match readiness.missing().as_slice() {
+                    [] => respond(Some("ready\n".to_string())),
+                    missing => {
+                        let mut response =
+                            respond(Some(format!("not ready: {}\n", missing.join(", "))));
+                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        response
+                    }
+                }
+            };
+            async move { Ok::<_, Infallible>(response) }
         };
         tokio::join!(
             serve_http(metrics_listener, metrics_page),

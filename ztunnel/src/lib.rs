@@ -12,4 +12,5 @@ pub mod http_endpoints;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;
+pub mod readiness;
 pub mod zds_client;

@@ -26,15 +26,22 @@ pub struct Enrolled {
     state: Arc<ProxyState>,
     proxies: BTreeMap<String, WorkloadProxy>,
     view: Arc<std::sync::Mutex<Vec<String>>>,
+    readiness: Arc<crate::readiness::Readiness>,
 }
 
 impl Enrolled {
-    /// No pods yet; `view` is kept equal to [`Enrolled::pods`] for the admin endpoint.
-    pub fn new(state: Arc<ProxyState>, view: Arc<std::sync::Mutex<Vec<String>>>) -> Self {
+    /// No pods yet; `view` is kept equal to [`Enrolled::pods`] for the admin endpoint, and
+    /// `readiness` learns when the agent's snapshot has been served.
+    pub fn new(
+        state: Arc<ProxyState>,
+        view: Arc<std::sync::Mutex<Vec<String>>>,
+        readiness: Arc<crate::readiness::Readiness>,
+    ) -> Self {
         Enrolled {
             state,
             proxies: BTreeMap::new(),
             view,
+            readiness,
         }
     }
 
@@ -109,6 +116,7 @@ impl Enrolled {
                     }
                 }
             };
+            self.readiness.set_zds(false);
             match ended {
                 Err(ZdsError::Closed) if deadline.is_some() => {
                     tracing::info!("the agent handed the pods to a successor");
@@ -165,6 +173,7 @@ impl Enrolled {
                     if let Some(seen) = in_snapshot.take() {
                         self.proxies.retain(|uid, _| seen.contains(uid));
                         tracing::info!(pods = ?self.pods(), "snapshot reconciled");
+                        self.readiness.set_zds(true);
                     }
                     Ok(())
                 }

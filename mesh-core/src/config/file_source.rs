@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub store: ConfigStore,
     /// Every document or object refused, with the reason.
     pub errors: Vec<ConfigError>,
+    /// Whether the source has read everything once (a directory: at once; the API: every
+    /// watched kind has listed), so the data plane may serve from it.
+    pub synced: bool,
 }
 
 /// What is remembered of one file between loads.
@@ -92,7 +95,11 @@ impl FileSource {
                 store.insert(object.clone());
             }
         }
-        Snapshot { store, errors }
+        Snapshot {
+            store,
+            errors,
+            synced: true,
+        }
     }
 
     fn refresh(&mut self, path: &Path) {

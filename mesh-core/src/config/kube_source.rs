@@ -71,6 +71,8 @@ struct State {
     store: ConfigStore,
     relisting: BTreeMap<&'static str, BTreeSet<ObjectKey>>,
     errors: BTreeMap<ObjectKey, ConfigError>,
+    /// Kinds that have listed at least once.
+    listed: BTreeSet<&'static str>,
 }
 
 /// Watches the API server and publishes a new snapshot after every change (coalesced
@@ -83,6 +85,12 @@ pub fn watch(
 ) -> watch::Receiver<Arc<Snapshot>> {
     let state = Arc::new(Mutex::new(State::default()));
     let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    // Namespace, Pod; then Node, Service, EndpointSlice, ServiceAccount and the two Istio
+    // kinds for the proxy.
+    let kinds = match interest {
+        Interest::Capture => 2,
+        Interest::Proxy => 8,
+    };
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
 
     spawn_typed::<core::Namespace>(
@@ -142,6 +150,7 @@ pub fn watch(
                 Snapshot {
                     store: state.store.clone(),
                     errors: state.errors.values().cloned().collect(),
+                    synced: state.listed.len() >= kinds,
                 }
             };
             if publish.send(Arc::new(snapshot)).is_err() {
@@ -207,6 +216,7 @@ fn apply(
             state.relisting.insert(kind, BTreeSet::new());
         }
         Event::InitDone => {
+            state.listed.insert(kind);
             let seen = state.relisting.remove(kind).unwrap_or_default();
             let stale: Vec<ObjectKey> = state
                 .store
@@ -294,7 +304,17 @@ fn spawn_istio(
                     }
                 }
                 // Until the CRD is installed this fails; that is not worth more than debug.
+                // A kind the API server does not serve has nothing to list: it counts as
+                // listed (empty), so readiness does not wait for CRDs that never come.
                 Err(err) => {
+                    if let watcher::Error::InitialListFailed(kube::Error::Api(status)) = &err
+                        && status.is_not_found()
+                    {
+                        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                        if state.listed.insert(kind) && changed.send(()).is_err() {
+                            return;
+                        }
+                    }
                     tracing::debug!(kind, error = %err, "Istio resource watch failed; retrying")
                 }
             }
