@@ -298,3 +298,72 @@ async fn splice_carries_both_directions_and_half_closes() {
         }
     );
 }
+
+/// A server whose first connection goes away (GOAWAY with last stream 0: nothing processed)
+/// as soon as it is made, as a ztunnel handing over may, and whose later connections
+/// answer 200.
+async fn goaway_first_server(
+    ca: &Arc<LocalCa>,
+    identity: &mesh_core::Identity,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let certs = certs(ca.clone());
+    certs.fetch(identity).await.unwrap();
+    let resolver = Arc::new(mesh_core::tls::ManagedCertResolver::new(
+        certs,
+        identity.clone(),
+    ));
+    let config = mesh_core::tls::server_config(resolver, ca.roots(), TRUST_DOMAIN).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let mut h2: h2::server::Connection<_, bytes::Bytes> =
+                    h2::server::handshake(tls).await.unwrap();
+                if first {
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                }
+                while let Some(Ok((request, mut respond))) = h2.accept().await {
+                    let _ = request;
+                    let response = http::Response::builder().status(200).body(()).unwrap();
+                    let mut send = respond.send_response(response, false).unwrap();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        let _ = send.send_data(bytes::Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_tunnel_declined_unprocessed_by_a_server_going_away_is_retried_on_a_new_connection() {
+    let ca = ca();
+    let server_id = id("shop", "server");
+    let (addr, connections) = goaway_first_server(&ca, &server_id).await;
+    let client = client(certs(ca.clone()));
+    let request = mesh_core::hbone::ConnectRequest {
+        src: id("shop", "web"),
+        dst: addr,
+        dst_identities: vec![server_id],
+        authority: "10.244.2.2:8080".parse().unwrap(),
+        headers: http::HeaderMap::new(),
+    };
+    let tunnel = tokio::time::timeout(WAIT, client.connect(request))
+        .await
+        .expect("the retry never finished");
+    assert!(tunnel.is_ok(), "{:?}", tunnel.err());
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the declined stream went to a second connection"
+    );
+}

@@ -119,10 +119,11 @@ impl HboneClient {
 
     /// Opens a tunnel and returns its byte stream once the server answered 200.
     ///
-    /// A pooled connection that turns out dead is dropped and the tunnel retried once on
-    /// a fresh one; so is a tunnel the server declined without processing it (a GOAWAY
-    /// that stops short of its stream, or REFUSED_STREAM: a server handing over to its
-    /// successor), on any connection. Other failures are returned as they are.
+    /// A pooled connection that turns out dead is dropped and the tunnel retried on a
+    /// fresh one; so is a tunnel the server declined without processing it (a GOAWAY that
+    /// stops short of its stream, or REFUSED_STREAM: a server handing over to its
+    /// successor), on any connection; three attempts in all. Other failures are returned
+    /// as they are.
     pub async fn connect(&self, request: ConnectRequest) -> Result<H2Stream, HboneError> {
         let cert = self.certs.fetch(&request.src).await?;
         let key = PoolKey::new(
@@ -294,7 +295,8 @@ fn declined(err: &h2::Error) -> bool {
 enum SendError {
     /// Before the request was sent (a dead pooled connection): retried on a fresh one.
     BeforeRequest(HboneError),
-    /// Sent, and declined unprocessed by the server: retried once.
+    /// Declined unprocessed by the server (before or after it was sent): retried, up to
+    /// [`MAX_ATTEMPTS`] in all.
     Unprocessed(HboneError),
     /// The server may have acted on it: never retried.
     Exchange(HboneError),

@@ -42,8 +42,9 @@ pub struct ServerSettings {
     pub max_streams_per_connection: u32,
     /// Limit for the TLS and HTTP/2 handshakes of a new connection.
     pub handshake_timeout: Duration,
-    /// A connection with no open tunnel for this long gets GOAWAY and is closed. Above
-    /// the client pool's own idle timeout (60 s), so our clients close first.
+    /// A connection with no open tunnel for this long (checked once per period, so closed
+    /// after one to two periods) gets GOAWAY. Above the client pool's own idle timeout
+    /// (60 s), so our clients close first.
     pub idle_timeout: Duration,
     /// Connections one source address may hold at once (handshaking or established);
     /// more are closed on accept.
@@ -314,16 +315,17 @@ impl<H: TunnelHandler> Shared<H> {
         };
         ServerStats::bump(&self.stats.connections);
         tracing::debug!(%addr, peer = %peer.identity, "HBONE connection accepted");
-        // Tunnels of this connection still open; the idle clock runs while there are none.
+        // Tunnels of this connection still open (clones of `open` held by their tasks). One
+        // timer checks every idle period: a connection that had no tunnel open and none
+        // started for a whole period is closed (so after between one and two periods of
+        // idleness); nothing is done per request but a flag and a clone.
         let open = Arc::new(());
         let idle = self.settings.idle_timeout;
-        let mut idle_since = tokio::time::Instant::now();
+        let check = tokio::time::sleep(idle);
+        tokio::pin!(check);
+        let mut started_since_check = false;
         let mut draining = false;
         loop {
-            let busy = Arc::strong_count(&open) > 1;
-            if busy {
-                idle_since = tokio::time::Instant::now();
-            }
             let next = tokio::select! {
                 next = connection.accept() => next,
                 _ = stopped.changed(), if !draining => {
@@ -331,19 +333,22 @@ impl<H: TunnelHandler> Shared<H> {
                     connection.graceful_shutdown();
                     continue;
                 }
-                () = tokio::time::sleep_until(idle_since + idle), if !draining && !busy => {
-                    ServerStats::bump(&self.stats.idle_closed);
-                    tracing::debug!(%addr, ?idle, "HBONE connection idle; closing");
-                    draining = true;
-                    connection.graceful_shutdown();
+                () = &mut check, if !draining => {
+                    let busy = Arc::strong_count(&open) > 1;
+                    if busy || std::mem::take(&mut started_since_check) {
+                        check.as_mut().reset(tokio::time::Instant::now() + idle);
+                    } else {
+                        ServerStats::bump(&self.stats.idle_closed);
+                        tracing::debug!(%addr, ?idle, "HBONE connection idle; closing");
+                        draining = true;
+                        connection.graceful_shutdown();
+                    }
                     continue;
                 }
-                // While tunnels are open, look again now and then: the idle clock starts
-                // when the last one ends.
-                () = tokio::time::sleep(idle / 4), if busy => continue,
             };
             match next {
                 Some(Ok((request, respond))) => {
+                    started_since_check = true;
                     let (shared, peer, open) = (self.clone(), peer.clone(), open.clone());
                     tokio::spawn(async move {
                         let _open = open;

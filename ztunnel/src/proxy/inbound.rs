@@ -29,7 +29,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
     let peer = tunnel.peer().clone();
     if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
         pod.state.metrics.refused("inbound", RefusalReason::Loop);
-        tracing::warn!(direction = "inbound", src = %peer.addr, dst = %target, src_identity = %peer.identity, "tunnel to a ztunnel port refused");
+        tracing::debug!(direction = "inbound", src = %peer.addr, dst = %target, src_identity = %peer.identity, "tunnel to a ztunnel port refused");
         return tunnel.reject(StatusCode::BAD_REQUEST);
     }
     let src_ip = peer.addr.ip();
@@ -111,7 +111,7 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
         pod.state
             .metrics
             .refused("inbound_plaintext", RefusalReason::Loop);
-        tracing::warn!(direction = "inbound", src = %peer, dst = %target, "plaintext to a ztunnel port refused");
+        tracing::debug!(direction = "inbound", src = %peer, dst = %target, "plaintext to a ztunnel port refused");
         return;
     }
     let plane = pod.state.plane();

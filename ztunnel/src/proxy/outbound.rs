@@ -48,10 +48,10 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
             return;
         }
     };
-    // Not redirected (the app dialled the listener itself), or aimed at one of this pod's
-    // ztunnel ports: relaying it would connect ztunnel to itself.
-    let to_listener = downstream.local_addr().is_ok_and(|local| local == dst);
-    if to_listener || inpod::is_own_listener(dst.ip(), dst.port(), &pod.workload.ips) {
+    // Aimed at one of this pod's ztunnel ports or at loopback (which covers a connection
+    // that was not redirected: its original destination is the listener's own address):
+    // relaying it would connect ztunnel to itself.
+    if inpod::is_own_listener(dst.ip(), dst.port(), &pod.workload.ips) {
         return refuse_loop(&pod, src, dst);
     }
     // Held until the upstream connection is established (or fails).
@@ -178,5 +178,6 @@ async fn serve(pod: Arc<PodContext>, mut downstream: TcpStream) {
 
 fn refuse_loop(pod: &PodContext, src: SocketAddr, dst: SocketAddr) {
     pod.state.metrics.refused("outbound", RefusalReason::Loop);
-    tracing::warn!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, "connection to a ztunnel port refused");
+    // Counted in the metric; a warning each would let a flood of them fill the log.
+    tracing::debug!(direction = "outbound", %src, %dst, src_identity = %pod.workload.identity, "connection to a ztunnel port refused");
 }
