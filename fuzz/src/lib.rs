@@ -100,16 +100,16 @@ pub fn kube_yaml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let parsed = mesh_core::config::parse_documents(Path::new("fuzz.yaml"), text);
+    let parsed = mesh_model::config::parse_documents(Path::new("fuzz.yaml"), text);
     for rejected in &parsed.rejected {
         // Every rejection can be reported.
         let _ = rejected.error.to_string();
     }
-    let mut store = mesh_core::config::ConfigStore::default();
+    let mut store = mesh_model::config::ConfigStore::default();
     for object in parsed.objects {
         store.insert(object);
     }
-    let _ = mesh_core::model::translate(&store, "cluster.local");
+    let _ = mesh_model::model::translate(&store, "cluster.local");
 }
 
 /// A peer's certificate as TLS hands it over, and SPIFFE URIs as they appear in SANs and

@@ -114,7 +114,7 @@ fn write_seed_corpora() {
     );
 
     let lecture = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-core/src/config/tests.rs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-model/src/config/tests.rs"),
     )
     .unwrap();
     if let Some(start) = lecture.find("apiVersion: security.istio.io/v1beta1") {

@@ -9,5 +9,8 @@
 pub mod agent;
 pub mod install;
 pub mod netns_finder;
-pub mod plugin;
 pub mod rules;
+
+/// The CNI plugin, its own crate so the binary the runtime runs for every pod links none of
+/// the agent's dependencies.
+pub use istio_cni_plugin as plugin;

@@ -8,21 +8,15 @@
 //!                 renew)     configs)                                     handler that decides)
 //! ```
 //!
-//! Beside that path: `config` reads Kubernetes YAML (the file source; the API source
-//! later) into one store, `model` turns the store into workloads and services, `policy` decides L4
-//! authorization and mTLS mode on them, and
-//! `netns` runs work inside pods' network namespaces, `inpod` fixes the ports and marks
+//! Beside that path: `netns` runs work inside pods' network namespaces, `inpod` fixes the ports and marks
 //! used there, and `zds` is the protocol that hands those namespaces from istio-cni to
 //! ztunnel.
 
 pub mod cert;
-pub mod config;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;
-pub mod model;
 pub mod netns;
-pub mod policy;
 pub mod socket;
 pub mod tls;
 pub mod zds;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::config::file_source::Snapshot;
-use mesh_core::config::kube_source;
+use mesh_model::config::file_source::Snapshot;
+use mesh_model::config::kube_source;
 use mesh_tests::kube_control_plane::{ADMIN_TOKEN, ControlPlane};
 
 fn wait_for(
@@ -45,7 +45,7 @@ fn api_objects_reach_the_store_and_leave_it() {
         let client = kube_source::client(Some(kubeconfig.path())).await.unwrap();
         kube_source::watch(
             client,
-            mesh_core::config::Interest::Proxy,
+            mesh_model::config::Interest::Proxy,
             Duration::from_millis(50),
         )
     });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
-use mesh_core::model::translate;
+use mesh_model::model::translate;
 use tokio::sync::watch;
 
 use crate::proxy::ProxyState;
@@ -17,7 +17,7 @@ use crate::zds_client::Enrolled;
 #[derive(Clone)]
 pub struct Config {
     /// Where the configuration comes from.
-    pub source: mesh_core::config::Source,
+    pub source: mesh_model::config::Source,
     /// This node's name (pods of other nodes are never served here).
     pub node_name: String,
     /// The istio-cni agent's ZDS socket.
@@ -43,9 +43,9 @@ pub struct Config {
 /// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     mesh_core::tls::install_process_provider();
-    let snapshots = mesh_core::config::watch(
+    let snapshots = mesh_model::config::watch(
         &config.source,
-        mesh_core::config::Interest::Proxy,
+        mesh_model::config::Interest::Proxy,
         Duration::from_millis(100),
     )
     .await
@@ -61,7 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // in a metric, and listed in the admin config dump.
     let report = {
         let (metrics, rejected, readiness) = (metrics.clone(), rejected.clone(), readiness.clone());
-        move |snapshot: &mesh_core::config::file_source::Snapshot| {
+        move |snapshot: &mesh_model::config::file_source::Snapshot| {
             readiness.set_config(snapshot.synced);
             metrics.set_rejected_config(snapshot.errors.len());
             if let Ok(mut list) = rejected.lock() {

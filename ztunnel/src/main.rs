@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         reload.reload(filter).map_err(|e| e.to_string())
     });
     let config = ztunnel::app::Config {
-        source: mesh_core::config::Source::from_flags(
+        source: mesh_model::config::Source::from_flags(
             &args.config_source,
             args.config_dir,
             args.kubeconfig,

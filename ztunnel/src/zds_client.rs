@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::model::Workload;
 use mesh_core::zds::{self, Request, WorkloadRequest, ZdsError};
+use mesh_model::model::Workload;
 use tokio_seqpacket::UnixSeqpacket;
 
 use crate::proxy::{ProxyState, WorkloadProxy};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::model::{Workload, translate};
+use mesh_model::model::{Workload, translate};
 use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacketListener;
 
@@ -28,7 +28,7 @@ use sessions::{Captured, Change, SessionEvent, Sessions};
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Where the configuration comes from.
-    pub source: mesh_core::config::Source,
+    pub source: mesh_model::config::Source,
     /// This node's name.
     pub node_name: String,
     /// Where to serve ZDS for ztunnel.
@@ -74,7 +74,7 @@ async fn keep_installed(install: crate::install::CniInstall) {
 pub enum AgentError {
     /// The configuration source could not start.
     #[error("configuration source: {0}")]
-    Source(#[from] mesh_core::config::SourceError),
+    Source(#[from] mesh_model::config::SourceError),
     /// The ZDS socket could not be created.
     #[error("serving ZDS on {path}: {source}")]
     Socket {
@@ -105,9 +105,9 @@ fn uid(workload: &Workload) -> String {
 /// Runs the agent until the task is dropped.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let rules = rules::render(&config.rules);
-    let mut snapshots = mesh_core::config::watch(
+    let mut snapshots = mesh_model::config::watch(
         &config.source,
-        mesh_core::config::Interest::Capture,
+        mesh_model::config::Interest::Capture,
         Duration::from_millis(100),
     )
     .await?;
@@ -198,7 +198,7 @@ type NetnsHints = BTreeMap<(String, String), PathBuf>;
 fn reconcile(
     config: &AgentConfig,
     rules: &PodRules,
-    snapshot: &mesh_core::config::file_source::Snapshot,
+    snapshot: &mesh_model::config::file_source::Snapshot,
     hints: &NetnsHints,
     captured: &mut BTreeMap<String, Arc<Captured>>,
 ) -> Vec<Change> {

@@ -14,8 +14,8 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::model::Workload;
 use mesh_core::zds::{self, WorkloadResponse, ZdsError, ZdsHello, requests};
+use mesh_model::model::Workload;
 use tokio::sync::mpsc;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 

@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = istio_cni::agent::AgentConfig {
-        source: mesh_core::config::Source::from_flags(
+        source: mesh_model::config::Source::from_flags(
             &args.config_source,
             args.config_dir,
             args.kubeconfig,

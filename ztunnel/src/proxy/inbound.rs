@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::StatusCode;
-use mesh_core::config::istio::MtlsMode;
 use mesh_core::hbone::{InboundTunnel, headers};
 use mesh_core::inpod;
-use mesh_core::policy::{self, Connection};
+use mesh_model::config::istio::MtlsMode;
+use mesh_model::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{DrainSignal, serve_until_drained};

@@ -26,8 +26,8 @@ use mesh_core::cert::CertManager;
 use mesh_core::hbone::{
     ClientSettings, DialFuture, Dialer, HboneClient, HboneServer, ServerSettings,
 };
-use mesh_core::model::{DataPlane, Workload};
 use mesh_core::tls::{self, ManagedCertResolver};
+use mesh_model::model::{DataPlane, Workload};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_core::hbone::HBONE_PORT;
-use mesh_core::model::{DataPlane, Service, TargetPort, Workload};
+use mesh_model::model::{DataPlane, Service, TargetPort, Workload};
 
 /// The chosen upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +131,8 @@ fn to_workload(
 mod tests {
     use std::path::Path;
 
-    use mesh_core::config::{ConfigStore, parse_documents};
-    use mesh_core::model::translate;
+    use mesh_model::config::{ConfigStore, parse_documents};
+    use mesh_model::model::translate;
 
     use super::*;
 

@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 
 use istio_cni::rules::{self, InpodConfig};
 use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
-use mesh_core::config::file_source::FileSource;
-use mesh_core::config::{ConfigStore, parse_documents};
-use mesh_core::model::{DataPlane, translate};
+use mesh_model::config::file_source::FileSource;
+use mesh_model::config::{ConfigStore, parse_documents};
+use mesh_model::model::{DataPlane, translate};
 use mesh_tests::Cluster;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
 use tokio::runtime::Runtime;

@@ -202,7 +202,7 @@ fn strings(positive: &[String], negative: &[String], value: Option<&str>) -> boo
 }
 
 /// Istio writes principals without the scheme: `cluster.local/ns/shop/sa/web`.
-fn principal_of(identity: &crate::identity::Identity) -> String {
+fn principal_of(identity: &mesh_core::identity::Identity) -> String {
     identity
         .to_string()
         .trim_start_matches("spiffe://")

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::{ConfigObject, parse_documents};
-use crate::identity::Identity;
+use mesh_core::identity::Identity;
 
 fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
     parse_documents(Path::new("authz.yaml"), yaml)

@@ -1,7 +1,7 @@
 //! `istio-cni`: the CNI plugin, chained after the node's primary CNI plugin.
 //!
 //! The runtime calls it with `CNI_COMMAND` (ADD, DEL, CHECK, VERSION) and the network
-//! configuration on stdin; see `istio_cni::plugin`.
+//! configuration on stdin; see `istio_cni_plugin`.
 
 use std::io::Read;
 
@@ -23,19 +23,19 @@ fn main() {
         print!("{HELP}");
         return;
     }
-    let env = match istio_cni::plugin::CniEnv::from_vars(|key| std::env::var(key).ok()) {
+    let env = match istio_cni_plugin::CniEnv::from_vars(|key| std::env::var(key).ok()) {
         Ok(env) => env,
         Err(err) => fail(&err),
     };
     let mut stdin = String::new();
     let _ = std::io::stdin().read_to_string(&mut stdin);
-    match istio_cni::plugin::run(&env, &stdin) {
+    match istio_cni_plugin::run(&env, &stdin) {
         Ok(out) => print!("{out}"),
         Err(err) => fail(&err),
     }
 }
 
-fn fail(err: &istio_cni::plugin::CniError) -> ! {
+fn fail(err: &istio_cni_plugin::CniError) -> ! {
     println!("{}", err.to_json());
     eprintln!("{err}");
     std::process::exit(1);

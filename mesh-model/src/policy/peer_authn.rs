@@ -59,7 +59,7 @@ mod tests {
 
     use super::*;
     use crate::config::{ConfigObject, parse_documents};
-    use crate::identity::Identity;
+    use mesh_core::identity::Identity;
 
     fn policies(yaml: &str) -> Vec<PeerAuthentication> {
         parse_documents(Path::new("pa.yaml"), yaml)

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 pub use authz::authorize;
 pub use peer_authn::peer_authentication;
 
-use crate::identity::Identity;
+use mesh_core::identity::Identity;
 
 /// The namespace whose policies apply to the whole mesh (Istio's default root).
 pub const ROOT_NAMESPACE: &str = "istio-system";

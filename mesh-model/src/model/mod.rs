@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use translate::{DATAPLANE_MODE_LABEL, translate};
 
 use crate::config::istio::{AuthorizationPolicy, PeerAuthentication};
-use crate::identity::Identity;
+use mesh_core::identity::Identity;
 
 /// A pod as the data plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{DataPlane, Service, ServicePort, TargetPort, Workload};
 use crate::config::ConfigStore;
-use crate::identity::Identity;
+use mesh_core::identity::Identity;
 
 /// The label that puts a namespace (or overrides a pod) in or out of the mesh.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
