@@ -109,7 +109,8 @@ pub fn kube_yaml(data: &[u8]) {
     for object in parsed.objects {
         store.insert(object);
     }
-    let _ = mesh_model::model::translate(&store, "cluster.local");
+    let _ =
+        mesh_model::model::translate(&store, &mesh_model::model::Settings::new("cluster.local"));
 }
 
 /// A peer's certificate as TLS hands it over, and SPIFFE URIs as they appear in SANs and

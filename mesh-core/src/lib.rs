@@ -13,6 +13,7 @@
 //! ztunnel.
 
 pub mod cert;
+pub mod drain;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;

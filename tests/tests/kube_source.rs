@@ -77,7 +77,7 @@ fn api_objects_reach_the_store_and_leave_it() {
     assert_eq!(code, 201, "{body}");
     wait_for(&runtime, &mut snapshots, "the service", |s| {
         s.store
-            .services()
+            .all::<k8s_openapi::api::core::v1::Service>()
             .any(|svc| svc.metadata.name.as_deref() == Some("web"))
     });
 
@@ -92,13 +92,15 @@ fn api_objects_reach_the_store_and_leave_it() {
         .unwrap();
     assert_eq!(code, 201, "{body}");
     wait_for(&runtime, &mut snapshots, "the endpoint slice", |s| {
-        s.store.endpoint_slices().any(|slice| {
-            slice
-                .endpoints
-                .iter()
-                .flatten()
-                .any(|e| e.addresses == ["10.244.1.2"])
-        })
+        s.store
+            .all::<k8s_openapi::api::discovery::v1::EndpointSlice>()
+            .any(|slice| {
+                slice
+                    .endpoints
+                    .iter()
+                    .flatten()
+                    .any(|e| e.addresses == ["10.244.1.2"])
+            })
     });
 
     let (code, body) = plane
@@ -112,7 +114,7 @@ fn api_objects_reach_the_store_and_leave_it() {
     assert_eq!(code, 200, "{body}");
     wait_for(&runtime, &mut snapshots, "the service to go", |s| {
         !s.store
-            .services()
+            .all::<k8s_openapi::api::core::v1::Service>()
             .any(|svc| svc.metadata.name.as_deref() == Some("web"))
     });
 }

@@ -113,10 +113,11 @@ impl Admin {
     }
 }
 
-/// Binds `addr` (refusing anything but loopback) and serves until the task is dropped.
+/// Binds `addr` (refusing anything but loopback) and serves until `drain` starts.
 pub async fn serve(
     addr: SocketAddr,
     admin: Arc<Admin>,
+    drain: mesh_core::drain::DrainWatch,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     if !addr.ip().is_loopback() {
         return Err(std::io::Error::new(
@@ -133,5 +134,5 @@ pub async fn serve(
             Ok::<_, Infallible>(response)
         }
     };
-    Ok(crate::http_endpoints::serve_http(listener, page))
+    Ok(crate::http_endpoints::serve_http(listener, page, drain))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
-use mesh_model::model::translate;
+use mesh_model::model::{Settings, Translator};
 use tokio::sync::watch;
 
 use crate::proxy::ProxyState;
@@ -26,6 +26,8 @@ pub struct Config {
     pub ca_dir: PathBuf,
     /// Trust domain of the mesh.
     pub trust_domain: String,
+    /// DNS domain of the cluster (services' hostnames end with it).
+    pub cluster_domain: String,
     /// Mark of ztunnel's sockets in pods.
     pub mark: u32,
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`) listeners.
@@ -70,14 +72,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     report(&first);
-    let (planes, plane) = watch::channel(Arc::new(translate(&first.store, &config.trust_domain)));
-    let trust_domain = config.trust_domain.clone();
+    let mut translator = Translator::new(Settings {
+        trust_domain: config.trust_domain.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+    });
+    let (planes, plane) = watch::channel(translator.update(&first.store));
     tokio::spawn(async move {
         let mut snapshots = snapshots;
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
             report(&snapshot);
-            planes.send_replace(Arc::new(translate(&snapshot.store, &trust_domain)));
+            planes.send_replace(translator.update(&snapshot.store));
         }
     });
 
@@ -85,10 +90,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?;
     readiness.set_certificates(true);
     let certs = Arc::new(CertManager::new(Arc::new(ca), RenewalPolicy::default()));
-    let endpoints =
-        crate::http_endpoints::serve(config.endpoints, metrics.clone(), readiness.clone())
-            .await
-            .with_context(|| format!("binding {:?}", config.endpoints))?;
+    let (node_ports, node_ports_watch) = mesh_core::drain::new();
+    let endpoints = crate::http_endpoints::serve(
+        config.endpoints,
+        metrics.clone(),
+        readiness.clone(),
+        node_ports_watch.clone(),
+    )
+    .await
+    .with_context(|| format!("binding {:?}", config.endpoints))?;
     let endpoints = tokio::spawn(endpoints);
     crate::memory::spawn_trimmer(config.memory_trim);
     let state = Arc::new(ProxyState {
@@ -106,13 +116,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         set_log_level: config.set_log_level.clone(),
         rejected,
     });
-    let admin = crate::admin::serve(config.admin_addr, admin)
+    let admin = crate::admin::serve(config.admin_addr, admin, node_ports_watch)
         .await
         .with_context(|| format!("binding the admin endpoint {}", config.admin_addr))?;
     let admin = tokio::spawn(admin);
     // On shutdown the node ports go first: a successor binds them, and readiness
     // reports it, not this process, while this one hands over its pods.
+    // Dropping the drain closes their listeners and connections at once.
     let give_up_node_ports = move || {
+        drop(node_ports);
         endpoints.abort();
         admin.abort();
     };

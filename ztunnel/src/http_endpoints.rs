@@ -9,6 +9,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use mesh_core::drain::{DrainWatch, accept_until_drained};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -23,11 +24,12 @@ pub struct Endpoints {
 }
 
 /// Binds both listeners (so readiness is only reported once everything is bound) and
-/// serves them until the task is dropped.
+/// serves them until `drain` starts.
 pub async fn serve(
     endpoints: Endpoints,
     metrics: Arc<Metrics>,
     readiness: Arc<crate::readiness::Readiness>,
+    drain: DrainWatch,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let metrics_listener = mesh_core::socket::listen_shared(endpoints.metrics)?;
     let readiness_listener = mesh_core::socket::listen_shared(endpoints.readiness)?;
@@ -57,8 +59,8 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(response) }
         };
         tokio::join!(
-            serve_http(metrics_listener, metrics_page),
-            serve_http(readiness_listener, ready_page)
+            serve_http(metrics_listener, metrics_page, drain.clone()),
+            serve_http(readiness_listener, ready_page, drain)
         );
     })
 }
@@ -73,30 +75,23 @@ fn respond(body: Option<String>) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on `listener` with `page`, each connection on its own task,
-/// backing off when accept fails (out of descriptors) instead of spinning. The node's
-/// HTTP endpoints (these two and the admin endpoint) all run on it.
-pub(crate) async fn serve_http<F, Fut>(listener: TcpListener, page: F)
+/// Serves HTTP/1.1 and HTTP/2 on `listener` with `page` until `drain` starts, each
+/// connection on its own task (`mesh_core::drain::accept_until_drained`, which backs off
+/// when accept fails). The node's HTTP endpoints (these two and the admin endpoint) all
+/// run on it.
+pub(crate) async fn serve_http<F, Fut>(listener: TcpListener, page: F, drain: DrainWatch)
 where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Out of fds and the like: back off instead of spinning.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_until_drained(listener, &drain, "http", |stream, _| {
         let page = page.clone();
-        tokio::spawn(async move {
+        Some(async move {
             let service = hyper::service::service_fn(page);
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
-    }
+        })
+    })
+    .await;
 }

@@ -39,6 +39,10 @@ struct Args {
     /// Trust domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// DNS domain of the cluster: services are `<name>.<namespace>.svc.<domain>` in metrics,
+    /// policies and routes.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
     /// Where Prometheus scrapes `/metrics`.
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_addr: std::net::SocketAddr,
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         zds_socket: args.zds_socket,
         ca_dir: args.ca_dir,
         trust_domain: args.trust_domain,
+        cluster_domain: args.cluster_domain,
         mark: mesh_core::inpod::ZTUNNEL_MARK,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_seconds),
         admin_addr: args.admin_addr,

@@ -4,7 +4,8 @@
 //! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
 //! `istio_tcp_received_bytes_total`, each with `reporter` (`source` for outbound,
 //! `destination` for inbound), the workloads, principals, service and
-//! `connection_security_policy`. Byte counts are added when a connection closes.
+//! `connection_security_policy`. Byte counts grow as bytes pass, while the connection is
+//! open.
 //!
 //! ztunnel's own: `ztunnel_connections_refused_total{listener, reason}` counts connections
 //! refused before policy was asked, for reasons an operator should see (a connection that
@@ -124,16 +125,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a connection as opened.
-    pub fn opened(&self, labels: &TcpLabels) {
+    /// Counts a connection as opened; returns its byte counters (towards the destination,
+    /// from it), fetched once so the connection adds to them as bytes pass.
+    pub fn opened(&self, labels: &TcpLabels) -> (Counter, Counter) {
         self.opened.get_or_create(labels).inc();
+        (
+            self.sent.get_or_create(labels).clone(),
+            self.received.get_or_create(labels).clone(),
+        )
     }
 
-    /// Counts a connection as closed with its byte counts (towards the destination, from it).
-    pub fn closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+    /// Counts a connection as closed.
+    pub fn closed(&self, labels: &TcpLabels) {
         self.closed.get_or_create(labels).inc();
-        self.sent.get_or_create(labels).inc_by(sent);
-        self.received.get_or_create(labels).inc_by(received);
     }
 
     /// Counts a connection refused on `listener` (`outbound`, `inbound`,
@@ -176,8 +180,10 @@ mod tests {
             request_protocol: "tcp".into(),
             ..Default::default()
         };
-        metrics.opened(&labels);
-        metrics.closed(&labels, 41, 287);
+        let (sent, received) = metrics.opened(&labels);
+        sent.inc_by(41);
+        received.inc_by(287);
+        metrics.closed(&labels);
         metrics.refused("outbound", RefusalReason::Loop);
         metrics.set_rejected_config(2);
         let text = metrics.encode();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_model::model::{Workload, translate};
+use mesh_model::model::{Settings, Workload, translate};
 use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacketListener;
 
@@ -202,7 +202,7 @@ fn reconcile(
     hints: &NetnsHints,
     captured: &mut BTreeMap<String, Arc<Captured>>,
 ) -> Vec<Change> {
-    let plane = translate(&snapshot.store, &config.trust_domain);
+    let plane = translate(&snapshot.store, &Settings::new(&config.trust_domain));
     let wanted: BTreeMap<String, Arc<Workload>> = plane
         .workloads_on(&config.node_name)
         .into_iter()

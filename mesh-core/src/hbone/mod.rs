@@ -25,7 +25,7 @@ pub use client::{ClientSettings, ConnectRequest, DialFuture, Dialer, DirectDiale
 pub use server::{
     HboneServer, InboundTunnel, PeerInfo, ServerSettings, ServerStats, TunnelHandler,
 };
-pub use splice::{Spliced, splice};
+pub use splice::{Meter, Spliced, splice, splice_metered};
 pub use stream::H2Stream;
 
 use crate::cert::CertError;

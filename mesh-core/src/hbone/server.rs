@@ -23,8 +23,8 @@ use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+
+use crate::drain::DrainWatch;
 use tokio_rustls::TlsAcceptor;
 
 use super::limits::SourceLimit;
@@ -236,51 +236,34 @@ impl<H: TunnelHandler> HboneServer<H> {
     /// Accepts connections until `shutdown` completes with a drain time, then drains: the
     /// listener closes, every connection gets GOAWAY (clients open no new tunnels on it),
     /// live tunnels have the drain time to finish, and whatever is left is then closed.
-    ///
-    /// Each connection is served on its own task, so one bad client never holds up another.
     pub async fn run_until(self, shutdown: impl Future<Output = Duration>) {
-        let HboneServer { listener, shared } = self;
-        let (stop, stopped) = watch::channel(false);
-        let mut connections = JoinSet::new();
-        tokio::pin!(shutdown);
-        let drain = loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let Some(slot) = shared.connections_per_source.try_acquire(peer.ip()) else {
-                            ServerStats::bump(&shared.stats.over_connection_limit);
-                            tracing::debug!(%peer, "HBONE connection refused: source over its connection limit");
-                            continue;
-                        };
-                        let (shared, stopped) = (shared.clone(), stopped.clone());
-                        connections.spawn(async move {
-                            let _slot = slot;
-                            shared.serve_connection(tcp, peer, stopped).await
-                        });
-                    }
-                    Err(err) => {
-                        // Out of fds and the like: back off instead of spinning.
-                        tracing::warn!(error = %err, "HBONE accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                drain = &mut shutdown => break drain,
+        let (drain, watch) = crate::drain::new();
+        tokio::select! {
+            () = self.run_with(&watch) => {}
+            limit = shutdown => {
+                drain.drain(limit).await;
             }
-        };
-        drop(listener);
-        let _ = stop.send(true);
-        let drained = tokio::time::timeout(drain, async {
-            while connections.join_next().await.is_some() {}
+        }
+    }
+
+    /// Accepts connections until `watch`'s drain starts; then every connection gets GOAWAY
+    /// and the drain's owner decides how long they have. Each connection is served on its
+    /// own task, so one bad client never holds up another.
+    pub async fn run_with(self, watch: &DrainWatch) {
+        let HboneServer { listener, shared } = self;
+        crate::drain::accept_until_drained(listener, watch, "hbone", |tcp, peer| {
+            let Some(slot) = shared.connections_per_source.try_acquire(peer.ip()) else {
+                ServerStats::bump(&shared.stats.over_connection_limit);
+                tracing::debug!(%peer, "HBONE connection refused: source over its connection limit");
+                return None;
+            };
+            let (shared, watch) = (shared.clone(), watch.clone());
+            Some(async move {
+                let _slot = slot;
+                shared.serve_connection(tcp, peer, watch).await
+            })
         })
         .await;
-        if drained.is_err() {
-            tracing::info!(
-                left = connections.len(),
-                "HBONE drain time over; closing remaining connections"
-            );
-        }
-        connections.abort_all();
     }
 }
 
@@ -289,7 +272,7 @@ impl<H: TunnelHandler> Shared<H> {
         self: Arc<Self>,
         tcp: TcpStream,
         addr: SocketAddr,
-        mut stopped: watch::Receiver<bool>,
+        drain: DrainWatch,
     ) {
         let _ = tcp.set_nodelay(true);
         let limit = self.settings.handshake_timeout;
@@ -328,7 +311,7 @@ impl<H: TunnelHandler> Shared<H> {
         loop {
             let next = tokio::select! {
                 next = connection.accept() => next,
-                _ = stopped.changed(), if !draining => {
+                () = drain.stopping(), if !draining => {
                     draining = true;
                     connection.graceful_shutdown();
                     continue;

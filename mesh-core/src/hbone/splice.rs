@@ -29,20 +29,50 @@ pub struct Spliced {
     pub from_tunnel: u64,
 }
 
+/// Told about bytes as they pass, so a connection's counters grow while it is open (a
+/// long-lived connection is visible in metrics before it closes).
+pub trait Meter: Sync {
+    /// `n` more bytes went from the TCP connection into the tunnel.
+    fn entered_tunnel(&self, n: u64);
+    /// `n` more bytes went from the tunnel to the TCP connection.
+    fn left_tunnel(&self, n: u64);
+}
+
+/// No meter: only the totals at the end.
+impl Meter for () {
+    fn entered_tunnel(&self, _: u64) {}
+    fn left_tunnel(&self, _: u64) {}
+}
+
 /// Copies both ways until each side has finished sending: the socket's EOF ends the
 /// tunnel's send half (END_STREAM), the tunnel's end shuts the socket's write half.
 /// An error on either side (a reset stream, a reset socket) ends both.
 pub async fn splice(tcp: &TcpStream, tunnel: H2Stream) -> io::Result<Spliced> {
+    splice_metered(tcp, tunnel, &()).await
+}
+
+/// [`splice`], telling `meter` about every chunk as it passes.
+pub async fn splice_metered(
+    tcp: &TcpStream,
+    tunnel: H2Stream,
+    meter: &impl Meter,
+) -> io::Result<Spliced> {
     let (send, recv, _slot) = tunnel.into_parts();
-    let (to_tunnel, from_tunnel) =
-        tokio::try_join!(tcp_to_tunnel(tcp, send), tunnel_to_tcp(recv, tcp))?;
+    let (to_tunnel, from_tunnel) = tokio::try_join!(
+        tcp_to_tunnel(tcp, send, meter),
+        tunnel_to_tcp(recv, tcp, meter)
+    )?;
     Ok(Spliced {
         to_tunnel,
         from_tunnel,
     })
 }
 
-async fn tcp_to_tunnel(tcp: &TcpStream, mut send: SendStream<bytes::Bytes>) -> io::Result<u64> {
+async fn tcp_to_tunnel(
+    tcp: &TcpStream,
+    mut send: SendStream<bytes::Bytes>,
+    meter: &impl Meter,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         tcp.readable().await?;
@@ -60,6 +90,7 @@ async fn tcp_to_tunnel(tcp: &TcpStream, mut send: SendStream<bytes::Bytes>) -> i
             return Ok(total);
         }
         total += n as u64;
+        meter.entered_tunnel(n as u64);
         let mut data = buffer.freeze();
         while !data.is_empty() {
             send.reserve_capacity(data.len());
@@ -77,13 +108,18 @@ async fn tcp_to_tunnel(tcp: &TcpStream, mut send: SendStream<bytes::Bytes>) -> i
     }
 }
 
-async fn tunnel_to_tcp(mut recv: RecvStream, tcp: &TcpStream) -> io::Result<u64> {
+async fn tunnel_to_tcp(
+    mut recv: RecvStream,
+    tcp: &TcpStream,
+    meter: &impl Meter,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         match recv.data().await {
             Some(Ok(data)) => {
                 write_all(tcp, &data).await?;
                 total += data.len() as u64;
+                meter.left_tunnel(data.len() as u64);
                 // The window goes back once the socket took the bytes: a slow reader
                 // paces the sender.
                 let _ = recv.flow_control().release_capacity(data.len());

@@ -223,7 +223,11 @@ mod tests {
             second.errors[0].to_string().contains("policy.yaml")
                 && second.errors[0].reason.contains("acton")
         );
-        let policy = second.store.authorization_policies().next().unwrap();
+        let policy = second
+            .store
+            .all::<crate::config::istio::AuthorizationPolicy>()
+            .next()
+            .unwrap();
         assert_eq!(policy.spec.action, super::super::istio::Action::Deny);
         assert_eq!(policy.spec.rules.len(), 1, "one rule matching everything");
 

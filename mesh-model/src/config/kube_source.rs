@@ -4,15 +4,14 @@
 //! Each kind has a watcher (list, then watch; relist with backoff after any error). A
 //! relist replaces that kind's objects once complete, so objects deleted while the
 //! connection was down disappear, and the last known state keeps serving meanwhile. The
-//! Istio security kinds are read as dynamic objects and parsed into the same strict types
-//! as files; one that does not parse is reported and left out.
+//! custom resource kinds (Istio's, the Gateway API's) are read as dynamic objects and parsed
+//! into the same strict types as files; one that does not parse is reported and left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -23,7 +22,7 @@ use tokio::sync::watch;
 
 use super::file_source::Snapshot;
 use super::rejection::Outline;
-use super::{ConfigError, ConfigObject, ConfigStore, Interest, ObjectKey, Rejected};
+use super::{ConfigError, ConfigObject, ConfigStore, Interest, KindInfo, ObjectKey, Rejected};
 
 /// Why a Kubernetes client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +74,16 @@ struct State {
     listed: BTreeSet<&'static str>,
 }
 
+/// What each kind's watcher feeds: the shared state, and a nudge to publish.
+#[derive(Clone)]
+pub(crate) struct Sink {
+    state: Arc<Mutex<State>>,
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
 /// Watches the API server and publishes a new snapshot after every change (coalesced
 /// over `settle`). Must run inside a Tokio runtime; watchers stop when every receiver is
-/// dropped.
+/// dropped. Which kinds are watched is the registry's word ([`super::KINDS`]).
 pub fn watch(
     client: kube::Client,
     interest: Interest,
@@ -85,61 +91,17 @@ pub fn watch(
 ) -> watch::Receiver<Arc<Snapshot>> {
     let state = Arc::new(Mutex::new(State::default()));
     let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-    // Namespace, Pod; then Node, Service, EndpointSlice, ServiceAccount and the two Istio
-    // kinds for the proxy.
-    let kinds = match interest {
-        Interest::Capture => 2,
-        Interest::Proxy => 8,
-    };
+    let kinds = super::KINDS
+        .iter()
+        .filter(|k| k.watched_by(interest))
+        .count();
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
-
-    spawn_typed::<core::Namespace>(
-        &client,
-        state.clone(),
-        changed.clone(),
-        "Namespace",
-        ConfigObject::Namespace,
-    );
-    spawn_typed::<core::Pod>(
-        &client,
-        state.clone(),
-        changed.clone(),
-        "Pod",
-        ConfigObject::Pod,
-    );
-    if interest == Interest::Proxy {
-        spawn_typed::<core::Node>(
-            &client,
-            state.clone(),
-            changed.clone(),
-            "Node",
-            ConfigObject::Node,
-        );
-        spawn_typed::<core::Service>(
-            &client,
-            state.clone(),
-            changed.clone(),
-            "Service",
-            ConfigObject::Service,
-        );
-        spawn_typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(
-            &client,
-            state.clone(),
-            changed.clone(),
-            "EndpointSlice",
-            ConfigObject::EndpointSlice,
-        );
-        spawn_typed::<core::ServiceAccount>(
-            &client,
-            state.clone(),
-            changed.clone(),
-            "ServiceAccount",
-            ConfigObject::ServiceAccount,
-        );
-        for kind in ["AuthorizationPolicy", "PeerAuthentication"] {
-            spawn_istio(&client, state.clone(), changed.clone(), kind);
-        }
-    }
+    let sink = Sink {
+        state: state.clone(),
+        changed,
+    };
+    super::kinds::spawn_watchers(&client, interest, &sink);
+    drop(sink);
 
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
@@ -187,7 +149,7 @@ fn apply(
                     error, stand_in, ..
                 } = *rejected;
                 state.errors.insert(key.clone(), error);
-                (key, stand_in.map(|object| *object))
+                (key, stand_in)
             }
         };
         if let Some(seen) = state.relisting.get_mut(kind) {
@@ -234,19 +196,15 @@ fn apply(
     }
 }
 
-fn spawn_typed<K>(
-    client: &kube::Client,
-    state: Arc<Mutex<State>>,
-    changed: tokio::sync::mpsc::UnboundedSender<()>,
-    kind: &'static str,
-    wrap: fn(K) -> ConfigObject,
-) where
+/// Watches a kind through its `k8s-openapi` type.
+pub(crate) fn spawn_typed<K>(client: &kube::Client, info: &'static KindInfo, sink: Sink)
+where
     K: kube::Resource<DynamicType = ()>
-        + Clone
+        + super::Kind
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
-        + 'static,
+        + Sync,
 {
     let api: Api<K> = Api::all(client.clone());
     tokio::spawn(async move {
@@ -257,29 +215,33 @@ fn spawn_typed<K>(
             match event {
                 Ok(event) => {
                     apply(
-                        &state,
-                        kind,
+                        &sink.state,
+                        info.name,
                         map_event(event, |object| {
-                            Ok(super::with_default_namespace(wrap(object)))
+                            Ok(K::wrap(Arc::new(object)).with_default_namespace())
                         }),
                     );
-                    if changed.send(()).is_err() {
+                    if sink.changed.send(()).is_err() {
                         return;
                     }
                 }
-                Err(err) => tracing::warn!(kind, error = %err, "Kubernetes watch failed; retrying"),
+                Err(err) => {
+                    tracing::warn!(kind = info.name, error = %err, "Kubernetes watch failed; retrying")
+                }
             }
         }
     });
 }
 
-fn spawn_istio(
-    client: &kube::Client,
-    state: Arc<Mutex<State>>,
-    changed: tokio::sync::mpsc::UnboundedSender<()>,
-    kind: &'static str,
-) {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind));
+/// Watches a custom resource kind as dynamic objects, each parsed through the mesh's strict
+/// type: a bad object is rejected (reported as an Event on it, its stand-in enforced), the
+/// others keep applying.
+pub(crate) fn spawn_dynamic(client: &kube::Client, info: &'static KindInfo, sink: Sink) {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        info.group,
+        info.versions[0],
+        info.kind,
+    ));
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let recorder = Recorder::new(client.clone(), Reporter::from("ztunnel"));
     tokio::spawn(async move {
@@ -292,14 +254,14 @@ fn spawn_istio(
                     let added = matches!(event, Event::Apply(_) | Event::InitApply(_));
                     let event = map_event(event, |object| {
                         let reference = object.object_ref(&resource);
-                        let parsed = parse_istio(kind, object);
+                        let parsed = parse_dynamic(info, object);
                         if let (true, Err(rejected)) = (added, &parsed) {
                             report_rejection(&recorder, reference, &rejected.error.reason);
                         }
                         parsed
                     });
-                    apply(&state, kind, event);
-                    if changed.send(()).is_err() {
+                    apply(&sink.state, info.name, event);
+                    if sink.changed.send(()).is_err() {
                         return;
                     }
                 }
@@ -310,12 +272,12 @@ fn spawn_istio(
                     if let watcher::Error::InitialListFailed(kube::Error::Api(status)) = &err
                         && status.is_not_found()
                     {
-                        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                        if state.listed.insert(kind) && changed.send(()).is_err() {
+                        let mut state = sink.state.lock().unwrap_or_else(|p| p.into_inner());
+                        if state.listed.insert(info.name) && sink.changed.send(()).is_err() {
                             return;
                         }
                     }
-                    tracing::debug!(kind, error = %err, "Istio resource watch failed; retrying")
+                    tracing::debug!(kind = info.name, error = %err, "custom resource watch failed; retrying")
                 }
             }
         }
@@ -350,9 +312,13 @@ fn map_event<K, T>(event: Event<K>, convert: impl Fn(K) -> T) -> Event<T> {
     }
 }
 
-/// A dynamic Istio object through the same strict types as files. One that does not fit
-/// them, or cannot be enforced as written, is rejected with its fail-closed stand-in.
-fn parse_istio(kind: &'static str, object: DynamicObject) -> Result<ConfigObject, Box<Rejected>> {
+/// A dynamic object through the same strict type as files. One that does not fit it, or
+/// cannot be enforced as written, is rejected with its fail-closed stand-in.
+fn parse_dynamic(
+    info: &'static KindInfo,
+    object: DynamicObject,
+) -> Result<ConfigObject, Box<Rejected>> {
+    let kind = info.name;
     let name = format!(
         "{kind} {}/{}",
         object.metadata.namespace.as_deref().unwrap_or("default"),
@@ -360,8 +326,9 @@ fn parse_istio(kind: &'static str, object: DynamicObject) -> Result<ConfigObject
     );
     let mut value = serde_json::to_value(&object).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
-        map.insert("apiVersion".into(), "security.istio.io/v1".into());
-        map.insert("kind".into(), kind.into());
+        let api_version = format!("{}/{}", info.group, info.versions[0]);
+        map.insert("apiVersion".into(), api_version.into());
+        map.insert("kind".into(), info.kind.into());
     }
     let reject = |reason: String| {
         let outline = Outline::from_json(&value);
@@ -376,13 +343,9 @@ fn parse_istio(kind: &'static str, object: DynamicObject) -> Result<ConfigObject
             stand_in: outline.stand_in(kind),
         })
     };
-    let parsed = match kind {
-        "AuthorizationPolicy" => {
-            serde_json::from_value(value.clone()).map(ConfigObject::AuthorizationPolicy)
-        }
-        _ => serde_json::from_value(value.clone()).map(ConfigObject::PeerAuthentication),
-    };
-    let object = super::with_default_namespace(parsed.map_err(|e| reject(e.to_string()))?);
+    let object = ConfigObject::from_json(info, value.clone())
+        .map_err(reject)?
+        .with_default_namespace();
     match super::rejection::unenforceable(&object) {
         Some(reason) => Err(reject(reason)),
         None => Ok(object),

@@ -6,18 +6,20 @@
 //! Istio's security resources with strict types ([`istio`]).
 
 pub mod file_source;
+pub mod gateway_api;
 pub mod istio;
+pub mod kinds;
 pub mod kube_source;
 pub mod rejection;
 
+pub use kinds::{ConfigObject, KINDS, Kind, KindInfo};
 pub use rejection::Rejected;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 /// Where the configuration comes from.
@@ -96,23 +98,6 @@ pub async fn watch(
     }
 }
 
-/// A configuration object the mesh understands.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(missing_docs)]
-// Objects are parsed once and then live in the store's map; boxing would only add
-// indirection to every read.
-#[allow(clippy::large_enum_variant)]
-pub enum ConfigObject {
-    Namespace(core::Namespace),
-    Node(core::Node),
-    Pod(core::Pod),
-    Service(core::Service),
-    EndpointSlice(discovery::EndpointSlice),
-    ServiceAccount(core::ServiceAccount),
-    AuthorizationPolicy(istio::AuthorizationPolicy),
-    PeerAuthentication(istio::PeerAuthentication),
-}
-
 /// Identifies an object: kind, namespace (empty for cluster-scoped), name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -130,46 +115,6 @@ impl std::fmt::Display for ObjectKey {
             write!(f, "{} {}", self.kind, self.name)
         } else {
             write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-impl ConfigObject {
-    /// Its kind, as in `kind:`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ConfigObject::Namespace(_) => "Namespace",
-            ConfigObject::Node(_) => "Node",
-            ConfigObject::Pod(_) => "Pod",
-            ConfigObject::Service(_) => "Service",
-            ConfigObject::EndpointSlice(_) => "EndpointSlice",
-            ConfigObject::ServiceAccount(_) => "ServiceAccount",
-            ConfigObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
-            ConfigObject::PeerAuthentication(_) => "PeerAuthentication",
-        }
-    }
-
-    /// Its metadata.
-    pub fn metadata(&self) -> &ObjectMeta {
-        match self {
-            ConfigObject::Namespace(o) => &o.metadata,
-            ConfigObject::Node(o) => &o.metadata,
-            ConfigObject::Pod(o) => &o.metadata,
-            ConfigObject::Service(o) => &o.metadata,
-            ConfigObject::EndpointSlice(o) => &o.metadata,
-            ConfigObject::ServiceAccount(o) => &o.metadata,
-            ConfigObject::AuthorizationPolicy(o) => &o.metadata,
-            ConfigObject::PeerAuthentication(o) => &o.metadata,
-        }
-    }
-
-    /// Its key.
-    pub fn key(&self) -> ObjectKey {
-        let meta = self.metadata();
-        ObjectKey {
-            kind: self.kind(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
         }
     }
 }
@@ -220,57 +165,74 @@ impl ConfigStore {
         self.objects.is_empty()
     }
 
-    /// The Namespace called `name`.
-    pub fn namespace(&self, name: &str) -> Option<&core::Namespace> {
+    /// The object of kind `K` called `namespace/name` (`namespace` empty for
+    /// cluster-scoped kinds).
+    pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
         let key = ObjectKey {
-            kind: "Namespace",
-            namespace: String::new(),
+            kind: K::info().name,
+            namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        match self.objects.get(&key) {
-            Some(ConfigObject::Namespace(ns)) => Some(ns),
-            _ => None,
+        self.objects.get(&key).and_then(K::get)
+    }
+
+    /// Every object of kind `K`, in key order (a range of the map, not a scan of it).
+    pub fn all<K: Kind>(&self) -> impl Iterator<Item = &Arc<K>> {
+        let kind = K::info().name;
+        let start = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(move |(key, _)| key.kind == kind)
+            .filter_map(|(_, object)| K::get(object))
+    }
+
+    /// The keys of objects added, removed or changed from `self` to `newer`. Objects are
+    /// shared, so an object both hold is compared by pointer first.
+    pub fn changed_keys(&self, newer: &ConfigStore) -> Vec<ObjectKey> {
+        let mut changed = Vec::new();
+        let (mut old, mut new) = (
+            self.objects.iter().peekable(),
+            newer.objects.iter().peekable(),
+        );
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => return changed,
+                (Some((key, _)), None) => {
+                    changed.push((*key).clone());
+                    old.next();
+                }
+                (None, Some((key, _))) => {
+                    changed.push((*key).clone());
+                    new.next();
+                }
+                (Some((a, x)), Some((b, y))) => match a.cmp(b) {
+                    std::cmp::Ordering::Less => {
+                        changed.push((*a).clone());
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changed.push((*b).clone());
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !x.same_as(y) {
+                            changed.push((*a).clone());
+                        }
+                        old.next();
+                        new.next();
+                    }
+                },
+            }
         }
     }
 
-    /// All Pods.
-    pub fn pods(&self) -> impl Iterator<Item = &core::Pod> {
-        self.objects.values().filter_map(|o| match o {
-            ConfigObject::Pod(p) => Some(p),
-            _ => None,
-        })
-    }
-
-    /// All Services.
-    pub fn services(&self) -> impl Iterator<Item = &core::Service> {
-        self.objects.values().filter_map(|o| match o {
-            ConfigObject::Service(s) => Some(s),
-            _ => None,
-        })
-    }
-
-    /// All EndpointSlices (the endpoints of Services without a selector).
-    pub fn endpoint_slices(&self) -> impl Iterator<Item = &discovery::EndpointSlice> {
-        self.objects.values().filter_map(|o| match o {
-            ConfigObject::EndpointSlice(s) => Some(s),
-            _ => None,
-        })
-    }
-
-    /// All AuthorizationPolicies.
-    pub fn authorization_policies(&self) -> impl Iterator<Item = &istio::AuthorizationPolicy> {
-        self.objects.values().filter_map(|o| match o {
-            ConfigObject::AuthorizationPolicy(p) => Some(p),
-            _ => None,
-        })
-    }
-
-    /// All PeerAuthentications.
-    pub fn peer_authentications(&self) -> impl Iterator<Item = &istio::PeerAuthentication> {
-        self.objects.values().filter_map(|o| match o {
-            ConfigObject::PeerAuthentication(p) => Some(p),
-            _ => None,
-        })
+    /// The Namespace called `name`.
+    pub fn namespace(&self, name: &str) -> Option<&Arc<core::Namespace>> {
+        self.get("", name)
     }
 }
 
@@ -305,27 +267,6 @@ impl Parsed {
         }
     }
 }
-
-/// The API groups of the kinds the mesh reads, and the versions it reads them in: a
-/// known kind of a known group in another version is refused, not skipped.
-const KNOWN: [(&str, &str, &[&str]); 8] = [
-    ("", "Namespace", &["v1"]),
-    ("", "Node", &["v1"]),
-    ("", "Pod", &["v1"]),
-    ("", "Service", &["v1"]),
-    ("", "ServiceAccount", &["v1"]),
-    ("discovery.k8s.io", "EndpointSlice", &["v1"]),
-    (
-        "security.istio.io",
-        "AuthorizationPolicy",
-        &["v1", "v1beta1"],
-    ),
-    (
-        "security.istio.io",
-        "PeerAuthentication",
-        &["v1", "v1beta1"],
-    ),
-];
 
 /// Parses every YAML document of one file.
 ///
@@ -369,15 +310,14 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
             continue;
         };
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-        let Some((_, known_kind, versions)) =
-            KNOWN.iter().find(|(g, k, _)| *g == group && *k == kind)
-        else {
+        let Some(info) = KindInfo::find(group, &kind) else {
             parsed.skipped.push(format!("{api_version} {kind}"));
             continue;
         };
-        match parse_known(known_kind, versions, version, document) {
+        let known_kind = info.name;
+        match parse_known(info, version, document) {
             Ok(object) => {
-                let object = with_default_namespace(object);
+                let object = object.with_default_namespace();
                 let described = object.key().to_string();
                 if object.metadata().name.as_deref().is_none_or(str::is_empty) {
                     parsed.rejected.push(Rejected {
@@ -408,57 +348,21 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
         }
     }
     for rejected in &parsed.rejected {
-        parsed.objects.extend(rejected.stand_in.as_deref().cloned());
+        parsed.objects.extend(rejected.stand_in.clone());
     }
     parsed
 }
 
 /// One document of a kind the mesh reads, in one of the versions it reads.
-fn parse_known(
-    kind: &'static str,
-    versions: &[&str],
-    version: &str,
-    document: &str,
-) -> Result<ConfigObject, String> {
-    if !versions.contains(&version) {
+fn parse_known(info: &KindInfo, version: &str, document: &str) -> Result<ConfigObject, String> {
+    if !info.versions.contains(&version) {
         return Err(format!(
-            "{kind}: unsupported apiVersion version {version:?} (this mesh reads {})",
-            versions.join(", ")
+            "{}: unsupported apiVersion version {version:?} (this mesh reads {})",
+            info.kind,
+            info.versions.join(", ")
         ));
     }
-    let typed = |e: serde_saphyr::Error| format!("{kind}: {e}");
-    Ok(match kind {
-        "Namespace" => ConfigObject::Namespace(serde_saphyr::from_str(document).map_err(typed)?),
-        "Node" => ConfigObject::Node(serde_saphyr::from_str(document).map_err(typed)?),
-        "Pod" => ConfigObject::Pod(serde_saphyr::from_str(document).map_err(typed)?),
-        "Service" => ConfigObject::Service(serde_saphyr::from_str(document).map_err(typed)?),
-        "EndpointSlice" => {
-            ConfigObject::EndpointSlice(serde_saphyr::from_str(document).map_err(typed)?)
-        }
-        "ServiceAccount" => {
-            ConfigObject::ServiceAccount(serde_saphyr::from_str(document).map_err(typed)?)
-        }
-        "AuthorizationPolicy" => {
-            ConfigObject::AuthorizationPolicy(serde_saphyr::from_str(document).map_err(typed)?)
-        }
-        _ => ConfigObject::PeerAuthentication(serde_saphyr::from_str(document).map_err(typed)?),
-    })
-}
-
-/// Namespaced objects written without `metadata.namespace` belong to `default`, as with
-/// `kubectl apply`.
-pub(crate) fn with_default_namespace(mut object: ConfigObject) -> ConfigObject {
-    let meta = match &mut object {
-        ConfigObject::Namespace(_) | ConfigObject::Node(_) => return object,
-        ConfigObject::Pod(o) => &mut o.metadata,
-        ConfigObject::Service(o) => &mut o.metadata,
-        ConfigObject::EndpointSlice(o) => &mut o.metadata,
-        ConfigObject::ServiceAccount(o) => &mut o.metadata,
-        ConfigObject::AuthorizationPolicy(o) => &mut o.metadata,
-        ConfigObject::PeerAuthentication(o) => &mut o.metadata,
-    };
-    meta.namespace.get_or_insert_with(|| "default".to_string());
-    object
+    ConfigObject::from_yaml(info, document)
 }
 
 /// Splits a multi-document YAML text on `---` lines.

@@ -23,7 +23,7 @@ pub struct Rejected {
     /// The object it was meant to be, when its kind and name could be read.
     pub key: Option<ObjectKey>,
     /// What stands in for it: a fail-closed policy, for the security kinds.
-    pub stand_in: Option<Box<ConfigObject>>,
+    pub stand_in: Option<ConfigObject>,
 }
 
 /// Why an object that parsed still cannot be enforced as written, if it cannot.
@@ -107,7 +107,7 @@ impl Outline {
     }
 
     /// The fail-closed stand-in for a rejected object of `kind`, for the security kinds.
-    pub(crate) fn stand_in(&self, kind: &'static str) -> Option<Box<ConfigObject>> {
+    pub(crate) fn stand_in(&self, kind: &'static str) -> Option<ConfigObject> {
         let key = self.key(kind)?;
         let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(key.name),
@@ -115,8 +115,8 @@ impl Outline {
             ..Default::default()
         };
         let selector = self.spec.as_ref().and_then(|s| s.selector.clone());
-        let object = match kind {
-            "AuthorizationPolicy" => Some(ConfigObject::AuthorizationPolicy(AuthorizationPolicy {
+        match kind {
+            "AuthorizationPolicy" => Some(ConfigObject::from(AuthorizationPolicy {
                 api_version: "security.istio.io/v1".into(),
                 kind: kind.into(),
                 metadata,
@@ -128,7 +128,7 @@ impl Outline {
                     ..Default::default()
                 },
             })),
-            "PeerAuthentication" => Some(ConfigObject::PeerAuthentication(PeerAuthentication {
+            "PeerAuthentication" => Some(ConfigObject::from(PeerAuthentication {
                 api_version: "security.istio.io/v1".into(),
                 kind: kind.into(),
                 metadata,
@@ -141,7 +141,6 @@ impl Outline {
                 },
             })),
             _ => None,
-        };
-        object.map(Box::new)
+        }
     }
 }

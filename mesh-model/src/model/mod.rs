@@ -1,20 +1,51 @@
-//! The data-plane model: what ztunnel needs to route and authorize a connection, built
-//! from the configuration by [`translate`].
+//! The data-plane model: what ztunnel (and next the waypoint) needs to route and authorize
+//! a connection, compiled from the configuration by [`Translator`].
 //!
-//! * [`Workload`]: a pod with its identity, node, addresses and whether it is captured;
-//! * [`Service`]: a ClusterIP with its ports and the workloads behind it;
-//! * the security policies, kept as written (their evaluation is `policy`'s job).
+//! * [`Workload`]: a pod with its identity, node, addresses, named ports, whether it is
+//!   captured and which waypoint handles traffic addressed to it;
+//! * [`Service`]: a ClusterIP service with its hostname, ports (`appProtocol`, target
+//!   ports resolved per endpoint), endpoints and waypoint;
+//! * [`Waypoint`]: a Gateway of class `istio-waypoint` that has an address ([`waypoint`]
+//!   has the binding rules);
+//! * indices by IP, VIP, hostname and workload, so the data path never scans.
 
 mod translate;
+pub mod waypoint;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use translate::{DATAPLANE_MODE_LABEL, translate};
+pub use translate::{DATAPLANE_MODE_LABEL, Settings, Translator, translate};
+pub use waypoint::{Waypoint, WaypointAddress, WaypointFor};
 
 use crate::config::istio::{AuthorizationPolicy, PeerAuthentication};
 use mesh_core::identity::Identity;
+
+/// `namespace/name` of a namespaced object, the model's key for workloads and services.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamespacedName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl NamespacedName {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamespacedName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
 
 /// A pod as the data plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +64,21 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
-    /// Whether its traffic is captured by the mesh (ambient).
+    /// Whether its traffic is captured by the mesh (ambient). Never for a waypoint's pods.
     pub captured: bool,
+    /// Its containers' named TCP ports, which a Service's `targetPort: <name>` resolves to.
+    pub named_ports: BTreeMap<String, u16>,
+    /// The waypoint that handles traffic addressed to this pod's IP, if one is bound.
+    pub waypoint: Option<Arc<Waypoint>>,
+    /// The waypoint this pod is an instance of, if it is one.
+    pub waypoint_of: Option<NamespacedName>,
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> NamespacedName {
+        NamespacedName::new(&self.namespace, &self.name)
+    }
 }
 
 /// Which pod port a service port sends to.
@@ -42,8 +86,7 @@ pub struct Workload {
 pub enum TargetPort {
     /// A number.
     Number(u16),
-    /// A named container port, resolved per pod (not known from the Pod's YAML alone
-    /// unless its containers declare it).
+    /// A named container port, resolved per endpoint from its pod's container ports.
     Named(String),
 }
 
@@ -54,8 +97,22 @@ pub struct ServicePort {
     pub port: u16,
     /// Port on the pods.
     pub target_port: TargetPort,
-    /// Port name, if any.
+    /// Port name, if any (`http-web`: its prefix declares the protocol, Istio's convention).
     pub name: Option<String>,
+    /// `appProtocol` as written (`http`, `kubernetes.io/h2c`, ...).
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// The port on `endpoint` this service port sends to: the number, or the endpoint's
+    /// container port of that name (`None` when its pod declares no such port, in which case
+    /// that endpoint cannot serve this port, as with kube-proxy).
+    pub fn target_on(&self, endpoint: &Workload) -> Option<u16> {
+        match &self.target_port {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Named(name) => endpoint.named_ports.get(name).copied(),
+        }
+    }
 }
 
 /// A service as the data plane sees it.
@@ -65,32 +122,56 @@ pub struct Service {
     pub name: String,
     /// Kubernetes namespace.
     pub namespace: String,
+    /// `<name>.<namespace>.svc.<cluster domain>`, how metrics, policies and routes name it.
+    pub hostname: String,
     /// ClusterIPs.
     pub vips: Vec<IpAddr>,
-    /// Ports.
+    /// TCP ports.
     pub ports: Vec<ServicePort>,
-    /// Workloads its selector picks (running, with an IP), by pod name.
+    /// Workloads its selector (or, without one, its EndpointSlices) picks, in key order.
     pub endpoints: Vec<Arc<Workload>>,
+    /// The waypoint that handles traffic addressed to this service, if one is bound.
+    pub waypoint: Option<Arc<Waypoint>>,
 }
 
 impl Service {
-    /// `<name>.<namespace>.svc.cluster.local`, how metrics and policies name it.
-    pub fn hostname(&self) -> String {
-        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    /// Its hostname.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> NamespacedName {
+        NamespacedName::new(&self.namespace, &self.name)
+    }
+
+    /// The service port `port`, if it exposes it.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
     }
 }
 
-/// Everything the data plane knows, rebuilt on every configuration change.
-#[derive(Debug, Clone, Default)]
+/// Everything the data plane knows, one immutable version per configuration change.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DataPlane {
     /// Workloads by IP.
     pub workloads_by_ip: BTreeMap<IpAddr, Arc<Workload>>,
+    /// Workloads by `namespace/name`.
+    pub workloads: BTreeMap<NamespacedName, Arc<Workload>>,
     /// Services by ClusterIP.
     pub services_by_vip: BTreeMap<IpAddr, Arc<Service>>,
+    /// Services by hostname.
+    pub services_by_hostname: BTreeMap<String, Arc<Service>>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<NamespacedName, Arc<Service>>,
+    /// The services each workload is an endpoint of, by workload key.
+    pub services_by_workload: BTreeMap<NamespacedName, Vec<Arc<Service>>>,
+    /// Waypoints that have an address, by Gateway `namespace/name`.
+    pub waypoints: BTreeMap<NamespacedName, Arc<Waypoint>>,
     /// AuthorizationPolicies, in key order.
-    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     /// PeerAuthentications, in key order.
-    pub peer_authentications: Vec<PeerAuthentication>,
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
 }
 
 impl DataPlane {
@@ -104,13 +185,31 @@ impl DataPlane {
         self.services_by_vip.get(&vip)
     }
 
-    /// Workloads scheduled on `node`, deduplicated.
+    /// The service called `hostname` (`web.shop.svc.cluster.local`).
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.services_by_hostname.get(hostname)
+    }
+
+    /// Workloads scheduled on `node`.
     pub fn workloads_on(&self, node: &str) -> Vec<Arc<Workload>> {
-        let mut seen = std::collections::BTreeSet::new();
-        self.workloads_by_ip
+        self.workloads
             .values()
-            .filter(|w| w.node == node && seen.insert((w.namespace.clone(), w.name.clone())))
+            .filter(|w| w.node == node)
             .cloned()
             .collect()
+    }
+
+    /// The service a connection that arrived at `workload` on `port` was most likely
+    /// addressed to: the source ztunnel picked the endpoint, so the destination sees only
+    /// the pod's address. Of the workload's services, the first (by key) with a port whose
+    /// target on this workload is `port`, as Istio's ztunnel guesses. The workload is read
+    /// from this version of the model (its named ports may have changed since `workload`).
+    pub fn inbound_service(&self, workload: &Workload, port: u16) -> Option<&Arc<Service>> {
+        let key = workload.key();
+        let current = self.workloads.get(&key).map_or(workload, |w| &**w);
+        self.services_by_workload
+            .get(&key)?
+            .iter()
+            .find(|s| s.ports.iter().any(|p| p.target_on(current) == Some(port)))
     }
 }

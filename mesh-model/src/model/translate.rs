@@ -1,53 +1,306 @@
-//! Configuration objects to the data-plane model: a pure function, rebuilt in full on
-//! every change (cheap at one machine's scale; an incremental version can replace it
-//! behind the same signature).
+//! Configuration objects to the data-plane model, incrementally.
+//!
+//! [`Translator::update`] compares the new store with the one it last saw (objects are
+//! shared `Arc`s, so an unchanged object is a pointer comparison) and rebuilds only what the
+//! changes touch: a changed pod rebuilds that workload and the services that may list it
+//! (its namespace's, the ones that listed it, the selector-less ones); a changed Service or
+//! EndpointSlice rebuilds that service; a changed policy, the policy lists. A change to a
+//! Namespace, Gateway or GatewayClass (membership and waypoint binding of many objects)
+//! rebuilds everything, as does the first update.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{DataPlane, Service, ServicePort, TargetPort, Workload};
-use crate::config::ConfigStore;
+use super::waypoint::{self, Subject, Target};
+use super::{DataPlane, NamespacedName, Service, ServicePort, TargetPort, Waypoint, Workload};
+use crate::config::gateway_api::{Gateway, GatewayClass};
+use crate::config::istio::{AuthorizationPolicy, PeerAuthentication};
+use crate::config::{ConfigStore, ObjectKey};
 use mesh_core::identity::Identity;
 
 /// The label that puts a namespace (or overrides a pod) in or out of the mesh.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 
-/// Builds the data plane from `store` for trust domain `trust_domain`.
+/// What translation needs besides the objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
+    /// The DNS domain of the cluster, which services' hostnames end with.
+    pub cluster_domain: String,
+}
+
+impl Settings {
+    /// `trust_domain`, with the default cluster domain `cluster.local`.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Settings {
+            trust_domain: trust_domain.into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// Builds the data plane from `store` in full.
 ///
 /// Pods without an IP, not running, on the host network, or whose service account does
 /// not make a valid identity are left out (with a log line), never a panic.
-pub fn translate(store: &ConfigStore, trust_domain: &str) -> DataPlane {
-    let mut plane = DataPlane::default();
-    let mut workloads = Vec::new();
-    for pod in store.pods() {
-        let Some(workload) = workload(store, pod, trust_domain) else {
-            continue;
-        };
-        let workload = Arc::new(workload);
-        for ip in &workload.ips {
-            plane.workloads_by_ip.insert(*ip, workload.clone());
+pub fn translate(store: &ConfigStore, settings: &Settings) -> DataPlane {
+    build(store, settings)
+}
+
+/// Keeps the model of the last store it saw, to update it by what changed.
+#[derive(Debug)]
+pub struct Translator {
+    settings: Settings,
+    store: ConfigStore,
+    plane: Arc<DataPlane>,
+    built: bool,
+}
+
+impl Translator {
+    /// A translator that has seen nothing yet.
+    pub fn new(settings: Settings) -> Self {
+        Translator {
+            settings,
+            store: ConfigStore::default(),
+            plane: Arc::default(),
+            built: false,
         }
-        workloads.push(workload);
     }
-    for service in store.services() {
-        let Some(service) = translate_service(store, service, &workloads) else {
-            continue;
+
+    /// The model of `store`, rebuilt only where it differs from the last store.
+    pub fn update(&mut self, store: &ConfigStore) -> Arc<DataPlane> {
+        let changed = self.store.changed_keys(store);
+        if self.built && changed.is_empty() {
+            return self.plane.clone();
+        }
+        let plane = if self.built {
+            update(&self.plane, &self.store, store, &changed, &self.settings)
+        } else {
+            None
         };
-        let service = Arc::new(service);
-        for vip in &service.vips {
-            plane.services_by_vip.insert(*vip, service.clone());
+        let plane = plane.unwrap_or_else(|| build(store, &self.settings));
+        self.store = store.clone();
+        self.plane = Arc::new(plane);
+        self.built = true;
+        self.plane.clone()
+    }
+}
+
+fn build(store: &ConfigStore, settings: &Settings) -> DataPlane {
+    let mut plane = DataPlane {
+        waypoints: waypoints(store),
+        ..DataPlane::default()
+    };
+    for pod in store.all::<core::Pod>() {
+        if let Some(workload) = workload(store, pod, settings, &plane.waypoints) {
+            insert_workload(&mut plane, workload);
         }
     }
-    plane.authorization_policies = store.authorization_policies().cloned().collect();
-    plane.peer_authentications = store.peer_authentications().cloned().collect();
+    for service in store.all::<core::Service>() {
+        if let Some(service) = translate_service(store, service, settings, &plane) {
+            insert_service(&mut plane, service);
+        }
+    }
+    set_policies(&mut plane, store);
     plane
 }
 
-fn workload(store: &ConfigStore, pod: &core::Pod, trust_domain: &str) -> Option<Workload> {
+/// `None` when the changes need a full build.
+fn update(
+    previous: &DataPlane,
+    old: &ConfigStore,
+    new: &ConfigStore,
+    changed: &[ObjectKey],
+    settings: &Settings,
+) -> Option<DataPlane> {
+    let mut pods = BTreeSet::new();
+    let mut services = BTreeSet::new();
+    let mut policies = false;
+    for key in changed {
+        let name = NamespacedName::new(&key.namespace, &key.name);
+        match key.kind {
+            "Pod" => {
+                pods.insert(name);
+            }
+            "Service" => {
+                services.insert(name);
+            }
+            "EndpointSlice" => {
+                for store in [old, new] {
+                    let slice = store.get::<discovery::EndpointSlice>(&key.namespace, &key.name);
+                    if let Some(service) = slice.and_then(|s| slice_service(s)) {
+                        services.insert(NamespacedName::new(&key.namespace, service));
+                    }
+                }
+            }
+            "AuthorizationPolicy" | "PeerAuthentication" => policies = true,
+            // Not read by the model.
+            "Node" | "ServiceAccount" => {}
+            // Namespaces, Gateways, GatewayClasses, kinds the model does not know yet.
+            _ => return None,
+        }
+    }
+    let mut plane = previous.clone();
+    for key in &pods {
+        if let Some(old) = plane.workloads.get(key).cloned() {
+            remove_workload(&mut plane, &old);
+            services.extend(
+                plane
+                    .services_by_workload
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.key()),
+            );
+        }
+        let pod = new.get::<core::Pod>(&key.namespace, &key.name);
+        if let Some(workload) = pod.and_then(|p| workload(new, p, settings, &plane.waypoints)) {
+            insert_workload(&mut plane, workload);
+        }
+        services.extend(in_namespace(&plane.services, &key.namespace).map(|s| s.key()));
+        services.extend(
+            new.all::<core::Service>()
+                .filter(|s| selector(s).is_none())
+                .filter_map(|s| {
+                    Some(NamespacedName::new(
+                        s.metadata.namespace.clone()?,
+                        s.metadata.name.clone()?,
+                    ))
+                }),
+        );
+    }
+    for key in &services {
+        if let Some(old) = plane.services.get(key).cloned() {
+            remove_service(&mut plane, &old);
+        }
+        let service = new.get::<core::Service>(&key.namespace, &key.name);
+        if let Some(service) = service.and_then(|s| translate_service(new, s, settings, &plane)) {
+            insert_service(&mut plane, service);
+        }
+    }
+    if policies {
+        set_policies(&mut plane, new);
+    }
+    Some(plane)
+}
+
+fn set_policies(plane: &mut DataPlane, store: &ConfigStore) {
+    plane.authorization_policies = store.all::<AuthorizationPolicy>().cloned().collect();
+    plane.peer_authentications = store.all::<PeerAuthentication>().cloned().collect();
+}
+
+fn insert_workload(plane: &mut DataPlane, workload: Workload) {
+    let workload = Arc::new(workload);
+    for ip in &workload.ips {
+        plane.workloads_by_ip.insert(*ip, workload.clone());
+    }
+    plane.workloads.insert(workload.key(), workload);
+}
+
+fn remove_workload(plane: &mut DataPlane, workload: &Arc<Workload>) {
+    plane.workloads.remove(&workload.key());
+    for ip in &workload.ips {
+        if plane
+            .workloads_by_ip
+            .get(ip)
+            .is_some_and(|w| Arc::ptr_eq(w, workload))
+        {
+            plane.workloads_by_ip.remove(ip);
+        }
+    }
+}
+
+fn insert_service(plane: &mut DataPlane, service: Service) {
+    let service = Arc::new(service);
+    for vip in &service.vips {
+        plane.services_by_vip.insert(*vip, service.clone());
+    }
+    plane
+        .services_by_hostname
+        .insert(service.hostname.clone(), service.clone());
+    for endpoint in &service.endpoints {
+        let services = plane
+            .services_by_workload
+            .entry(endpoint.key())
+            .or_default();
+        let at = services.partition_point(|s| s.key() < service.key());
+        services.insert(at, service.clone());
+    }
+    plane.services.insert(service.key(), service);
+}
+
+fn remove_service(plane: &mut DataPlane, service: &Arc<Service>) {
+    plane.services.remove(&service.key());
+    plane.services_by_hostname.remove(&service.hostname);
+    for vip in &service.vips {
+        if plane
+            .services_by_vip
+            .get(vip)
+            .is_some_and(|s| Arc::ptr_eq(s, service))
+        {
+            plane.services_by_vip.remove(vip);
+        }
+    }
+    for endpoint in &service.endpoints {
+        let key = endpoint.key();
+        if let Some(services) = plane.services_by_workload.get_mut(&key) {
+            services.retain(|s| !Arc::ptr_eq(s, service));
+            if services.is_empty() {
+                plane.services_by_workload.remove(&key);
+            }
+        }
+    }
+}
+
+/// The values of `map` in namespace `namespace` (a range of the map).
+fn in_namespace<'a, T>(
+    map: &'a BTreeMap<NamespacedName, T>,
+    namespace: &'a str,
+) -> impl Iterator<Item = &'a T> {
+    map.range(NamespacedName::new(namespace, "")..)
+        .take_while(move |(key, _)| key.namespace == namespace)
+        .map(|(_, value)| value)
+}
+
+/// Gateways that are waypoints with an address.
+fn waypoints(store: &ConfigStore) -> BTreeMap<NamespacedName, Arc<Waypoint>> {
+    store
+        .all::<Gateway>()
+        .filter_map(|gateway| {
+            let class = store.get::<GatewayClass>("", &gateway.spec.gateway_class_name);
+            Waypoint::from_gateway(gateway, class.map(|c| &**c))
+        })
+        .map(|w| (w.gateway.clone(), Arc::new(w)))
+        .collect()
+}
+
+/// Whether `namespace/name` is a Gateway of the waypoint class (ready or not).
+fn is_waypoint_gateway(store: &ConfigStore, namespace: &str, name: &str) -> bool {
+    store
+        .get::<Gateway>(namespace, name)
+        .is_some_and(|g| g.spec.gateway_class_name == waypoint::WAYPOINT_CLASS)
+}
+
+fn namespace_labels<'a>(store: &'a ConfigStore, namespace: &str) -> &'a BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    store
+        .namespace(namespace)
+        .and_then(|ns| ns.metadata.labels.as_ref())
+        .unwrap_or(&EMPTY)
+}
+
+fn workload(
+    store: &ConfigStore,
+    pod: &core::Pod,
+    settings: &Settings,
+    waypoints: &BTreeMap<NamespacedName, Arc<Waypoint>>,
+) -> Option<Workload> {
     let meta = &pod.metadata;
     let (name, namespace) = (
         meta.name.clone()?,
@@ -77,7 +330,7 @@ fn workload(store: &ConfigStore, pod: &core::Pod, trust_domain: &str) -> Option<
         .service_account_name
         .clone()
         .unwrap_or_else(|| "default".into());
-    let identity = match Identity::new(trust_domain, &namespace, &account) {
+    let identity = match Identity::new(&settings.trust_domain, &namespace, &account) {
         Ok(identity) => identity,
         Err(err) => {
             tracing::warn!(pod = %name, %namespace, error = %err, "pod left out: no valid identity");
@@ -85,8 +338,30 @@ fn workload(store: &ConfigStore, pod: &core::Pod, trust_domain: &str) -> Option<
         }
     };
     let labels = meta.labels.clone().unwrap_or_default();
+    let named_ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect();
+    let ns_labels = namespace_labels(store, &namespace);
+    let waypoint_of = waypoint::waypoint_instance_of(&namespace, &labels, |gateway| {
+        is_waypoint_gateway(store, &namespace, gateway)
+    });
+    let subject = Subject {
+        target: Target::Workload,
+        namespace: &namespace,
+        labels: &labels,
+        namespace_labels: ns_labels,
+        is_waypoint: waypoint_of.is_some(),
+    };
+    let waypoint = waypoint::bind(subject, waypoints).unwrap_or_else(|unbound| {
+        tracing::debug!(pod = %name, %namespace, %unbound, "no waypoint");
+        None
+    });
     Some(Workload {
-        captured: is_captured(store, &namespace, &labels),
+        captured: waypoint_of.is_none() && is_captured(ns_labels, &labels),
         name,
         namespace,
         uid: meta.uid.clone(),
@@ -94,31 +369,41 @@ fn workload(store: &ConfigStore, pod: &core::Pod, trust_domain: &str) -> Option<
         node: spec.node_name.clone().unwrap_or_default(),
         ips,
         labels,
+        named_ports,
+        waypoint,
+        waypoint_of,
     })
 }
 
 /// Ambient membership: a pod label `istio.io/dataplane-mode` decides (`none` opts out,
 /// `ambient` opts in); otherwise the namespace's label does.
 fn is_captured(
-    store: &ConfigStore,
-    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
     pod_labels: &BTreeMap<String, String>,
 ) -> bool {
     match pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
         Some("none") => false,
         Some("ambient") => true,
-        _ => store
-            .namespace(namespace)
-            .and_then(|ns| ns.metadata.labels.as_ref())
-            .and_then(|labels| labels.get(DATAPLANE_MODE_LABEL))
+        _ => namespace_labels
+            .get(DATAPLANE_MODE_LABEL)
             .is_some_and(|mode| mode == "ambient"),
     }
+}
+
+fn selector(service: &core::Service) -> Option<&BTreeMap<String, String>> {
+    service
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
 }
 
 fn translate_service(
     store: &ConfigStore,
     service: &core::Service,
-    workloads: &[Arc<Workload>],
+    settings: &Settings,
+    plane: &DataPlane,
 ) -> Option<Service> {
     let name = service.metadata.name.clone()?;
     let namespace = service
@@ -155,50 +440,71 @@ fn translate_service(
                 port,
                 target_port,
                 name: p.name.clone(),
+                app_protocol: p.app_protocol.clone(),
             })
         })
         .collect();
-    let endpoints = match &spec.selector {
-        Some(selector) if !selector.is_empty() => workloads
-            .iter()
-            .filter(|w| {
-                w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-            })
+    let endpoints = match selector(service) {
+        Some(selector) => in_namespace(&plane.workloads, &namespace)
+            .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
             .cloned()
             .collect(),
         // No selector: the endpoints are whoever its EndpointSlices name (kept up by
         // hand or by another controller). Only mesh-known pods count; other addresses
         // are not routed through the service yet.
-        _ => {
-            let addresses = sliced_addresses(store, &namespace, &name);
-            workloads
+        None => {
+            let mut endpoints: Vec<Arc<Workload>> = sliced_addresses(store, &namespace, &name)
                 .iter()
-                .filter(|w| w.ips.iter().any(|ip| addresses.contains(ip)))
-                .cloned()
-                .collect()
+                .filter_map(|ip| plane.workloads_by_ip.get(ip).cloned())
+                .collect();
+            endpoints.sort_by_key(|w| w.key());
+            endpoints.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            endpoints
         }
     };
+    let labels = service.metadata.labels.clone().unwrap_or_default();
+    let subject = Subject {
+        target: Target::Service,
+        namespace: &namespace,
+        labels: &labels,
+        namespace_labels: namespace_labels(store, &namespace),
+        is_waypoint: waypoint::waypoint_instance_of(&namespace, &labels, |gateway| {
+            is_waypoint_gateway(store, &namespace, gateway)
+        })
+        .is_some(),
+    };
+    let waypoint = waypoint::bind(subject, &plane.waypoints).unwrap_or_else(|unbound| {
+        tracing::debug!(service = %name, %namespace, %unbound, "no waypoint");
+        None
+    });
     Some(Service {
+        hostname: format!("{name}.{namespace}.svc.{}", settings.cluster_domain),
         name,
         namespace,
         vips,
         ports,
         endpoints,
+        waypoint,
     })
+}
+
+/// The Service an EndpointSlice belongs to.
+fn slice_service(slice: &discovery::EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")
+        .map(String::as_str)
 }
 
 /// The ready addresses of the EndpointSlices of Service `namespace/name`.
 fn sliced_addresses(store: &ConfigStore, namespace: &str, name: &str) -> Vec<IpAddr> {
     store
-        .endpoint_slices()
+        .all::<discovery::EndpointSlice>()
         .filter(|slice| {
             slice.metadata.namespace.as_deref() == Some(namespace)
-                && slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .is_some_and(|service| service == name)
+                && slice_service(slice) == Some(name)
         })
         .flat_map(|slice| slice.endpoints.iter().flatten())
         .filter(|endpoint| {
@@ -214,160 +520,4 @@ fn sliced_addresses(store: &ConfigStore, namespace: &str, name: &str) -> Vec<IpA
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::config::parse_documents;
-
-    fn store(yaml: &str) -> ConfigStore {
-        let mut store = ConfigStore::default();
-        for object in parse_documents(Path::new("test.yaml"), yaml)
-            .valid()
-            .unwrap()
-        {
-            store.insert(object);
-        }
-        store
-    }
-
-    const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: legacy}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: shop, labels: {app: web}}
-spec: {nodeName: n1, serviceAccountName: web-sa, containers: [{name: app}]}
-status: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: opted-out, namespace: shop, labels: {app: web, istio.io/dataplane-mode: none}}
-spec: {nodeName: n2, containers: [{name: app}]}
-status: {phase: Running, podIP: 10.244.2.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: old, namespace: legacy, labels: {app: old}}
-spec: {nodeName: n2, containers: [{name: app}]}
-status: {phase: Running, podIP: 10.244.2.3}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: pending, namespace: shop, labels: {app: web}}
-spec: {containers: [{name: app}]}
-status: {phase: Pending}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}, {port: 9090, targetPort: metrics}, {port: 53, protocol: UDP}]
-"#;
-
-    #[test]
-    fn pods_become_workloads_with_identity_and_membership() {
-        let plane = translate(&store(CLUSTER), "cluster.local");
-        let web = plane.workload("10.244.1.2".parse().unwrap()).unwrap();
-        assert_eq!(
-            web.identity.to_string(),
-            "spiffe://cluster.local/ns/shop/sa/web-sa"
-        );
-        assert_eq!(web.node, "n1");
-        assert!(web.captured, "ambient namespace");
-        let opted_out = plane.workload("10.244.2.2".parse().unwrap()).unwrap();
-        assert!(!opted_out.captured, "pod label none wins");
-        assert_eq!(opted_out.identity.service_account(), "default");
-        assert!(
-            !plane
-                .workload("10.244.2.3".parse().unwrap())
-                .unwrap()
-                .captured,
-            "unlabeled namespace"
-        );
-        assert_eq!(
-            plane.workloads_by_ip.len(),
-            3,
-            "the pending pod has no IP yet"
-        );
-        assert_eq!(plane.workloads_on("n2").len(), 2);
-    }
-
-    #[test]
-    fn services_resolve_ports_and_endpoints_by_selector() {
-        let plane = translate(&store(CLUSTER), "cluster.local");
-        let web = plane.service("10.96.0.10".parse().unwrap()).unwrap();
-        assert_eq!(web.hostname(), "web.shop.svc.cluster.local");
-        assert_eq!(
-            web.ports
-                .iter()
-                .map(|p| (p.port, p.target_port.clone()))
-                .collect::<Vec<_>>(),
-            [
-                (80, TargetPort::Number(8080)),
-                (9090, TargetPort::Named("metrics".into()))
-            ],
-            "UDP ports are not the L4 TCP proxy's"
-        );
-        let mut endpoints: Vec<&str> = web.endpoints.iter().map(|w| w.name.as_str()).collect();
-        endpoints.sort();
-        assert_eq!(endpoints, ["opted-out", "web"]);
-    }
-
-    #[test]
-    fn services_without_a_selector_take_their_endpoint_slices_ready_pods() {
-        let yaml = format!(
-            "{CLUSTER}---
-apiVersion: v1
-kind: Service
-metadata: {{name: manual, namespace: shop}}
-spec: {{clusterIP: 10.96.0.11, ports: [{{port: 80, targetPort: 8080}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: manual-1, namespace: shop, labels: {{kubernetes.io/service-name: manual}}}}
-addressType: IPv4
-endpoints:
-- addresses: [10.244.1.2]
-- addresses: [10.244.2.2]
-  conditions: {{ready: false}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: other-1, namespace: shop, labels: {{kubernetes.io/service-name: other}}}}
-addressType: IPv4
-endpoints:
-- addresses: [10.244.2.3]
-"
-        );
-        let plane = translate(&store(&yaml), "cluster.local");
-        let manual = plane.service("10.96.0.11".parse().unwrap()).unwrap();
-        let endpoints: Vec<&str> = manual.endpoints.iter().map(|w| w.name.as_str()).collect();
-        assert_eq!(
-            endpoints,
-            ["web"],
-            "ready, and named by this service's slices only"
-        );
-        let web = plane.service("10.96.0.10".parse().unwrap()).unwrap();
-        assert_eq!(
-            web.endpoints.len(),
-            2,
-            "a selector still decides for its service"
-        );
-    }
-
-    #[test]
-    fn removing_the_namespace_label_releases_its_pods() {
-        let unlabeled = CLUSTER.replace("labels: {istio.io/dataplane-mode: ambient}", "labels: {}");
-        let plane = translate(&store(&unlabeled), "cluster.local");
-        assert!(plane.workloads_by_ip.values().all(|w| !w.captured));
-    }
-}
+mod tests;

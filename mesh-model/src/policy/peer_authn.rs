@@ -1,5 +1,7 @@
 //! PeerAuthentication: which mTLS mode applies to a workload's port.
 
+use std::sync::Arc;
+
 use crate::config::istio::{MtlsMode, PeerAuthentication};
 use crate::model::Workload;
 
@@ -9,7 +11,7 @@ use super::ROOT_NAMESPACE;
 /// wins (port level, then workload selector, then namespace, then mesh); PERMISSIVE when
 /// none does. Among several selector policies for one workload the first by name wins.
 pub fn peer_authentication(
-    policies: &[PeerAuthentication],
+    policies: &[Arc<PeerAuthentication>],
     workload: &Workload,
     port: u16,
 ) -> MtlsMode {
@@ -27,6 +29,7 @@ pub fn peer_authentication(
 
     let mut selected: Vec<&PeerAuthentication> = policies
         .iter()
+        .map(|p| &**p)
         .filter(|p| in_namespace(p, &workload.namespace) && selects(p))
         .collect();
     selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -45,6 +48,7 @@ pub fn peer_authentication(
     for namespace in [workload.namespace.as_str(), ROOT_NAMESPACE] {
         let scope = policies
             .iter()
+            .map(|p| &**p)
             .find(|p| in_namespace(p, namespace) && p.spec.selector.is_none());
         if let Some(mode) = scope.map(mode_of).filter(|m| *m != MtlsMode::Unset) {
             return mode;
@@ -61,7 +65,7 @@ mod tests {
     use crate::config::{ConfigObject, parse_documents};
     use mesh_core::identity::Identity;
 
-    fn policies(yaml: &str) -> Vec<PeerAuthentication> {
+    fn policies(yaml: &str) -> Vec<Arc<PeerAuthentication>> {
         parse_documents(Path::new("pa.yaml"), yaml)
             .valid()
             .unwrap()
@@ -83,6 +87,9 @@ mod tests {
             ips: vec!["10.244.1.2".parse().unwrap()],
             labels: [("app".to_string(), app.to_string())].into(),
             captured: true,
+            named_ports: Default::default(),
+            waypoint: None,
+            waypoint_of: None,
         }
     }
 

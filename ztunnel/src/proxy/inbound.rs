@@ -3,14 +3,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::StatusCode;
+use mesh_core::drain::{DrainWatch, accept_until_drained};
 use mesh_core::hbone::{InboundTunnel, headers};
 use mesh_core::inpod;
 use mesh_model::config::istio::MtlsMode;
+use mesh_model::model::DataPlane;
 use mesh_model::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::accept::{DrainSignal, serve_until_drained};
+use super::record::{Direction, ProxyError, Record};
 use super::{PodContext, ProxyStats};
 use crate::metrics::{RefusalReason, TcpLabels};
 
@@ -20,41 +21,23 @@ use crate::metrics::{RefusalReason, TcpLabels};
 /// from inside the source pod, so the kernel proves it. The `forwarded` header is written
 /// by the caller and only logged.
 pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
-    let started = std::time::Instant::now();
     let target = tunnel.target();
-    if !pod.workload.ips.contains(&target.ip()) {
-        tracing::warn!(%target, pod = %pod.workload.name, "tunnel for another workload");
-        return tunnel.reject(StatusCode::BAD_REQUEST);
-    }
     let peer = tunnel.peer().clone();
-    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
-        pod.state.metrics.refused("inbound", RefusalReason::Loop);
-        tracing::debug!(direction = "inbound", src = %peer.addr, dst = %target, src_identity = %peer.identity, "tunnel to a ztunnel port refused");
-        return tunnel.reject(StatusCode::BAD_REQUEST);
-    }
-    let src_ip = peer.addr.ip();
-    let forwarded_for = tunnel
+    let mut record = Record::new(Direction::Inbound, peer.addr, target);
+    record.mode = "hbone";
+    record.src_identity = Some(peer.identity.to_string());
+    record.dst_identity = Some(pod.workload.identity.to_string());
+    record.forwarded_for = tunnel
         .headers()
         .get(headers::FORWARDED)
         .and_then(headers::parse_forwarded_for);
-    let conn = Connection {
-        src_identity: Some(peer.identity.clone()),
-        src_ip,
-        dst_ip: target.ip(),
-        dst_port: target.port(),
-    };
     let plane = pod.state.plane();
-    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
-    if !decision.is_allowed() {
-        ProxyStats::bump(&pod.stats.inbound_denied);
-        tracing::info!(direction = "inbound", %src_ip, dst = %target, src_identity = %peer.identity, ?decision, "connection denied");
-        return tunnel.reject(StatusCode::UNAUTHORIZED);
-    }
-    let upstream = match dial_app(&pod, src_ip, target).await {
+    let upstream = match admit_tunnel(&pod, &plane, &tunnel).await {
         Ok(upstream) => upstream,
-        Err(err) => {
-            tracing::info!(direction = "inbound", dst = %target, error = %err, "application unreachable");
-            return tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
+        Err(error) => {
+            count_refusal(&pod, "inbound", &error);
+            let status = record.fail(error).status();
+            return tunnel.reject(status);
         }
     };
     let baggage = tunnel
@@ -75,27 +58,59 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         source_workload_namespace: peer.identity.namespace().to_string(),
         source_principal: peer.identity.to_string(),
         connection_security_policy: "mutual_tls".into(),
-        ..destination_labels(&pod)
+        ..destination_labels(&pod, &plane, target.port())
     };
-    pod.state.metrics.opened(&labels);
-    let copied = mesh_core::hbone::splice(&upstream, downstream)
+    record.open(&pod.state.metrics, labels);
+    let _ = mesh_core::hbone::splice_metered(&upstream, downstream, &record).await;
+}
+
+/// The checks before a tunnel is answered: it is for this pod, not for a ztunnel port,
+/// authorized; then the app is dialled (so a refusal by the app is a 503, not an accepted
+/// tunnel that closes at once).
+async fn admit_tunnel(
+    pod: &PodContext,
+    plane: &DataPlane,
+    tunnel: &InboundTunnel,
+) -> Result<TcpStream, ProxyError> {
+    let target = tunnel.target();
+    let peer = tunnel.peer();
+    if !pod.workload.ips.contains(&target.ip()) {
+        return Err(ProxyError::NotThisPod);
+    }
+    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
+        return Err(ProxyError::Loop);
+    }
+    let conn = Connection {
+        src_identity: Some(peer.identity.clone()),
+        src_ip: peer.addr.ip(),
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
+    if !decision.is_allowed() {
+        return Err(ProxyError::Denied(decision));
+    }
+    dial_app(pod, peer.addr.ip(), target)
         .await
-        .unwrap_or_default();
-    pod.state
-        .metrics
-        .closed(&labels, copied.from_tunnel, copied.to_tunnel);
-    tracing::info!(
-        direction = "inbound", %src_ip, ?forwarded_for, dst = %target, src_identity = %peer.identity,
-        dst_identity = %pod.workload.identity, connection_security_policy = "mutual_tls",
-        bytes_received = copied.from_tunnel, bytes_sent = copied.to_tunnel,
-        duration_ms = started.elapsed().as_millis() as u64, "connection complete"
-    );
+        .map_err(ProxyError::AppUnreachable)
+}
+
+/// Counts a failed inbound connection where an operator looks: loop refusals in their
+/// metric, policy refusals in the pod's stats.
+fn count_refusal(pod: &PodContext, listener: &'static str, error: &ProxyError) {
+    match error {
+        ProxyError::Loop => pod.state.metrics.refused(listener, RefusalReason::Loop),
+        ProxyError::Denied(_) | ProxyError::PlaintextRefused => {
+            ProxyStats::bump(&pod.stats.inbound_denied)
+        }
+        _ => {}
+    }
 }
 
 /// Accepts TPROXYed plaintext connections until the proxy drains.
-pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, drain: DrainSignal) {
-    serve_until_drained(listener, drain, "inbound plaintext", |stream, peer| {
-        serve_plaintext(pod.clone(), stream, peer)
+pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, drain: DrainWatch) {
+    accept_until_drained(listener, &drain, "inbound plaintext", |stream, peer| {
+        Some(serve_plaintext(pod.clone(), stream, peer))
     })
     .await;
 }
@@ -103,39 +118,20 @@ pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, d
 /// One plaintext connection: allowed only where PeerAuthentication permits, then
 /// authorized without an identity.
 async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAddr) {
-    let started = std::time::Instant::now();
     let Ok(target) = downstream.local_addr() else {
         return;
     };
-    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
-        pod.state
-            .metrics
-            .refused("inbound_plaintext", RefusalReason::Loop);
-        tracing::debug!(direction = "inbound", src = %peer, dst = %target, "plaintext to a ztunnel port refused");
-        return;
-    }
+    let mut record = Record::new(Direction::Inbound, peer, target);
+    record.mode = "plaintext";
+    record.dst_identity = Some(pod.workload.identity.to_string());
     let plane = pod.state.plane();
-    let mode =
-        policy::peer_authentication(&plane.peer_authentications, &pod.workload, target.port());
-    if mode == MtlsMode::Strict {
-        ProxyStats::bump(&pod.stats.inbound_denied);
-        tracing::info!(direction = "inbound", src = %peer, dst = %target, "plaintext refused: PeerAuthentication STRICT");
-        return;
-    }
-    let conn = Connection {
-        src_identity: None,
-        src_ip: peer.ip(),
-        dst_ip: target.ip(),
-        dst_port: target.port(),
-    };
-    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
-    if !decision.is_allowed() {
-        ProxyStats::bump(&pod.stats.inbound_denied);
-        tracing::info!(direction = "inbound", src = %peer, dst = %target, ?decision, "connection denied");
-        return;
-    }
-    let Ok(mut upstream) = dial_app(&pod, peer.ip(), target).await else {
-        return;
+    let mut upstream = match admit_plaintext(&pod, &plane, peer, target).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            count_refusal(&pod, "inbound_plaintext", &error);
+            record.fail(error);
+            return;
+        }
     };
     ProxyStats::bump(&pod.stats.inbound_plaintext);
     let source = plane.workload(peer.ip());
@@ -145,27 +141,51 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
         source_workload_namespace: source.map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
         source_principal: "unknown".into(),
         connection_security_policy: "none".into(),
-        ..destination_labels(&pod)
+        ..destination_labels(&pod, &plane, target.port())
     };
-    pod.state.metrics.opened(&labels);
-    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
-        .await
-        .unwrap_or_default();
-    pod.state.metrics.closed(&labels, copied.0, copied.1);
-    tracing::info!(
-        direction = "inbound", src = %peer, dst = %target, connection_security_policy = "none",
-        bytes_received = copied.0, bytes_sent = copied.1,
-        duration_ms = started.elapsed().as_millis() as u64, "connection complete"
-    );
+    record.open(&pod.state.metrics, labels);
+    let _ = tokio::io::copy_bidirectional(&mut record.count(&mut downstream), &mut upstream).await;
 }
 
-/// The destination half of the labels: this pod (services are not known inbound).
-fn destination_labels(pod: &PodContext) -> TcpLabels {
+async fn admit_plaintext(
+    pod: &PodContext,
+    plane: &DataPlane,
+    peer: SocketAddr,
+    target: SocketAddr,
+) -> Result<TcpStream, ProxyError> {
+    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
+        return Err(ProxyError::Loop);
+    }
+    let mode =
+        policy::peer_authentication(&plane.peer_authentications, &pod.workload, target.port());
+    if mode == MtlsMode::Strict {
+        return Err(ProxyError::PlaintextRefused);
+    }
+    let conn = Connection {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
+    if !decision.is_allowed() {
+        return Err(ProxyError::Denied(decision));
+    }
+    dial_app(pod, peer.ip(), target)
+        .await
+        .map_err(ProxyError::AppUnreachable)
+}
+
+/// The destination half of the labels: this pod, and the service the connection was most
+/// likely addressed to (the source picked this pod as one of its endpoints).
+fn destination_labels(pod: &PodContext, plane: &DataPlane, port: u16) -> TcpLabels {
     TcpLabels {
         destination_workload: pod.workload.name.clone(),
         destination_workload_namespace: pod.workload.namespace.clone(),
         destination_principal: pod.workload.identity.to_string(),
-        destination_service: "unknown".into(),
+        destination_service: plane
+            .inbound_service(&pod.workload, port)
+            .map_or_else(|| "unknown".into(), |s| s.hostname.clone()),
         request_protocol: "tcp".into(),
         response_flags: "-".into(),
         ..TcpLabels::default()

@@ -11,9 +11,9 @@
 //! Every socket is created in the pod's namespace; upstream ones carry ztunnel's mark so
 //! the pod's rules let them pass.
 
-mod accept;
 mod inbound;
 mod outbound;
+pub mod record;
 pub mod route;
 
 use std::fs::File;
@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mesh_core::cert::CertManager;
+use mesh_core::drain::Drain;
 use mesh_core::hbone::{
     ClientSettings, DialFuture, Dialer, HboneClient, HboneServer, ServerSettings,
 };
@@ -158,7 +159,7 @@ pub enum StartError {
 pub struct WorkloadProxy {
     workload: Arc<Workload>,
     stats: Arc<ProxyStats>,
-    drain: watch::Sender<Option<Duration>>,
+    drain: Option<Drain>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -210,28 +211,19 @@ impl WorkloadProxy {
         let handler_context = context.clone();
         let handler = move |tunnel| inbound::serve_hbone(handler_context.clone(), tunnel);
         let server = HboneServer::new(hbone, server_config, handler, ServerSettings::default());
-        let (drain, draining) = watch::channel(None);
-        let mut hbone_draining = draining.clone();
-        let hbone_drain = async move {
-            loop {
-                if let Some(limit) = *hbone_draining.borrow_and_update() {
-                    return limit;
-                }
-                if hbone_draining.changed().await.is_err() {
-                    return Duration::ZERO;
-                }
-            }
-        };
+        // One drain for the pod's three listeners and all their connections.
+        let (drain, watch) = mesh_core::drain::new();
+        let hbone_watch = watch.clone();
         let tasks = vec![
-            tokio::spawn(outbound::run(context.clone(), outbound, draining.clone())),
-            tokio::spawn(inbound::run_plaintext(context, plaintext, draining)),
-            tokio::spawn(server.run_until(hbone_drain)),
+            tokio::spawn(outbound::run(context.clone(), outbound, watch.clone())),
+            tokio::spawn(inbound::run_plaintext(context, plaintext, watch)),
+            tokio::spawn(async move { server.run_with(&hbone_watch).await }),
         ];
         tracing::info!(pod = %workload.name, namespace = %workload.namespace, identity = %workload.identity, "pod proxy started");
         Ok(WorkloadProxy {
             workload,
             stats,
-            drain,
+            drain: Some(drain),
             tasks,
         })
     }
@@ -249,7 +241,9 @@ impl WorkloadProxy {
     /// Stops accepting (listeners close, HBONE clients get GOAWAY) and lets live
     /// connections finish for up to `limit`; returns when all are done.
     pub async fn drain(mut self, limit: Duration) {
-        let _ = self.drain.send(Some(limit));
+        if let Some(drain) = self.drain.take() {
+            drain.drain(limit).await;
+        }
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }

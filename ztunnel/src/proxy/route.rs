@@ -45,8 +45,9 @@ pub enum RouteError {
         /// The port asked for.
         port: u16,
     },
-    /// The target port is a name the model cannot resolve.
-    #[error("service {service} port {port} targets named port {name}, which is not resolvable")]
+    /// The port targets a container port by name and no endpoint declares one of that
+    /// name (kube-proxy leaves such endpoints out too).
+    #[error("service {service} port {port} targets named port {name}, which no endpoint declares")]
     NamedPort {
         /// The service hostname.
         service: String,
@@ -67,34 +68,32 @@ pub fn route(
 ) -> Result<Upstream, RouteError> {
     if let Some(service) = plane.service(dst.ip()) {
         let port = service
-            .ports
-            .iter()
-            .find(|p| p.port == dst.port())
+            .port(dst.port())
             .ok_or_else(|| RouteError::UnknownPort {
-                service: service.hostname(),
+                service: service.hostname.clone(),
                 port: dst.port(),
             })?;
-        let target_port = match &port.target_port {
-            TargetPort::Number(n) => *n,
-            TargetPort::Named(name) => {
-                return Err(RouteError::NamedPort {
-                    service: service.hostname(),
-                    port: port.port,
-                    name: name.clone(),
-                });
-            }
-        };
-        let endpoints: Vec<&Arc<Workload>> = service
+        // An endpoint serves the port when it has an address and, for a named target
+        // port, declares a container port of that name.
+        let endpoints: Vec<(&Arc<Workload>, u16)> = service
             .endpoints
             .iter()
             .filter(|w| !w.ips.is_empty())
+            .filter_map(|w| Some((w, port.target_on(w)?)))
             .collect();
         if endpoints.is_empty() {
-            return Err(RouteError::NoEndpoints(service.hostname()));
+            return Err(match &port.target_port {
+                TargetPort::Named(name) if !service.endpoints.is_empty() => RouteError::NamedPort {
+                    service: service.hostname.clone(),
+                    port: port.port,
+                    name: name.clone(),
+                },
+                _ => RouteError::NoEndpoints(service.hostname.clone()),
+            });
         }
-        let workload = endpoints[pick(endpoints.len()) % endpoints.len()].clone();
+        let (workload, target_port) = endpoints[pick(endpoints.len()) % endpoints.len()];
         let addr = SocketAddr::new(workload.ips[0], target_port);
-        return Ok(to_workload(workload, addr, Some(service.clone())));
+        return Ok(to_workload(workload.clone(), addr, Some(service.clone())));
     }
     match plane.workload(dst.ip()) {
         Some(workload) => Ok(to_workload(workload.clone(), dst, None)),
@@ -132,7 +131,7 @@ mod tests {
     use std::path::Path;
 
     use mesh_model::config::{ConfigStore, parse_documents};
-    use mesh_model::model::translate;
+    use mesh_model::model::{Settings, translate};
 
     use super::*;
 
@@ -144,7 +143,7 @@ metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
 apiVersion: v1
 kind: Pod
 metadata: {name: server-a, namespace: shop, labels: {app: server}}
-spec: {nodeName: n2, containers: [{name: app}]}
+spec: {nodeName: n2, containers: [{name: app, ports: [{name: http, containerPort: 9090}]}]}
 status: {phase: Running, podIP: 10.244.2.2}
 ---
 apiVersion: v1
@@ -162,7 +161,7 @@ status: {phase: Running, podIP: 10.244.2.4}
 apiVersion: v1
 kind: Service
 metadata: {name: server, namespace: shop}
-spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: http}]}
+spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: http}, {port: 82, targetPort: admin}]}
 ---
 apiVersion: v1
 kind: Service
@@ -178,7 +177,7 @@ spec: {clusterIP: 10.96.0.11, selector: {app: nothing}, ports: [{port: 80}]}
         {
             store.insert(object);
         }
-        translate(&store, "cluster.local")
+        translate(&store, &Settings::new("cluster.local"))
     }
 
     fn addr(text: &str) -> SocketAddr {
@@ -199,6 +198,21 @@ spec: {clusterIP: 10.96.0.11, selector: {app: nothing}, ports: [{port: 80}]}
                     assert_eq!(authority, addr(expected));
                     assert_eq!(hbone_addr.port(), 15008);
                     assert_eq!(service.unwrap().name, "server");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_target_port_resolves_per_endpoint() {
+        let plane = plane();
+        // server-a names its container port `http` (9090); server-b declares none, so it
+        // cannot serve the port, whatever the pick.
+        for pick in [0, 1] {
+            match route(&plane, addr("10.96.0.10:81"), |_| pick).unwrap() {
+                Upstream::Hbone { authority, .. } => {
+                    assert_eq!(authority, addr("10.244.2.2:9090"));
                 }
                 other => panic!("{other:?}"),
             }
@@ -238,7 +252,7 @@ spec: {clusterIP: 10.96.0.11, selector: {app: nothing}, ports: [{port: 80}]}
             "service server.shop.svc.cluster.local has no port 9"
         );
         assert!(matches!(
-            route(&plane, addr("10.96.0.10:81"), |_| 0),
+            route(&plane, addr("10.96.0.10:82"), |_| 0),
             Err(RouteError::NamedPort { .. })
         ));
         assert!(matches!(

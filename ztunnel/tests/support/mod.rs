@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use istio_cni::rules::{self, InpodConfig};
 use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
 use mesh_model::config::file_source::FileSource;
-use mesh_model::config::{ConfigStore, parse_documents};
-use mesh_model::model::{DataPlane, translate};
+use mesh_model::config::{ConfigObject, ConfigStore, parse_documents};
+use mesh_model::model::{DataPlane, Settings, translate};
 use mesh_tests::Cluster;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
 use tokio::runtime::Runtime;
@@ -50,7 +50,7 @@ impl Mesh {
             .unwrap();
         let snapshot = FileSource::new(cluster.config_dir()).load();
         assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
-        let plane = translate(&snapshot.store, TRUST_DOMAIN);
+        let plane = translate(&snapshot.store, &Settings::new(TRUST_DOMAIN));
         let (sender, receiver) = watch::channel(Arc::new(plane.clone()));
         let ca = Arc::new(LocalCa::generate(TRUST_DOMAIN).unwrap());
         let certs = Arc::new(CertManager::new(ca.clone(), RenewalPolicy::default()));
@@ -106,15 +106,25 @@ impl Mesh {
 
     /// Replaces the policies (as if their files changed).
     pub fn set_policies(&self, yaml: &str) {
-        let mut store = self.base.clone();
-        for object in parse_documents(std::path::Path::new("policies.yaml"), yaml)
+        let objects = parse_documents(std::path::Path::new("policies.yaml"), yaml)
             .valid()
-            .unwrap()
-        {
+            .unwrap();
+        self.set_objects(objects);
+    }
+
+    /// The cluster's own objects with `objects` added (or replacing those of the same key).
+    pub fn set_objects(&self, objects: impl IntoIterator<Item = ConfigObject>) {
+        let mut store = self.base.clone();
+        for object in objects {
             store.insert(object);
         }
         self.plane
-            .send_replace(Arc::new(translate(&store, TRUST_DOMAIN)));
+            .send_replace(Arc::new(translate(&store, &Settings::new(TRUST_DOMAIN))));
+    }
+
+    /// The Prometheus text the metrics endpoint serves.
+    pub fn metrics(&self) -> String {
+        self.state.metrics.encode()
     }
 }
 

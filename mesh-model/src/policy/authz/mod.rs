@@ -1,5 +1,7 @@
 //! AuthorizationPolicy at L4.
 
+use std::sync::Arc;
+
 use crate::config::istio::{Action, AuthorizationPolicy, Condition, Operation, Rule, Source};
 use crate::model::Workload;
 
@@ -7,9 +9,16 @@ use super::matching::{ip_matches, list_matches, port_matches, string_matches};
 use super::{Connection, Decision, ROOT_NAMESPACE};
 
 /// Decides whether `conn` may reach `dst` under `policies` (all policies of the mesh).
-pub fn authorize(policies: &[AuthorizationPolicy], dst: &Workload, conn: &Connection) -> Decision {
-    let applicable: Vec<&AuthorizationPolicy> =
-        policies.iter().filter(|p| applies_to(p, dst)).collect();
+pub fn authorize(
+    policies: &[Arc<AuthorizationPolicy>],
+    dst: &Workload,
+    conn: &Connection,
+) -> Decision {
+    let applicable: Vec<&AuthorizationPolicy> = policies
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| applies_to(p, dst))
+        .collect();
     for policy in applicable.iter().filter(|p| p.spec.action == Action::Deny) {
         if policy
             .spec

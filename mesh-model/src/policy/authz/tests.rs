@@ -4,7 +4,7 @@ use super::*;
 use crate::config::{ConfigObject, parse_documents};
 use mesh_core::identity::Identity;
 
-fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
+fn policies(yaml: &str) -> Vec<Arc<AuthorizationPolicy>> {
     parse_documents(Path::new("authz.yaml"), yaml)
         .valid()
         .unwrap()
@@ -26,6 +26,9 @@ fn server() -> Workload {
         ips: vec!["10.244.2.2".parse().unwrap()],
         labels: [("app".to_string(), "server".to_string())].into(),
         captured: true,
+        named_ports: Default::default(),
+        waypoint: None,
+        waypoint_of: None,
     }
 }
 

@@ -1,0 +1,185 @@
+//! Graceful shutdown, written once for every listener the mesh runs (a pod's in-pod
+//! listeners, the HBONE server, the node's HTTP endpoints), on tokio-util's cancellation
+//! tokens and task tracker.
+//!
+//! Whoever decides when to stop holds the [`Drain`]; listeners and their connections hold
+//! a [`DrainWatch`]. [`Drain::drain`] stops accepting (listeners close; HBONE connections
+//! send GOAWAY), lets tracked connections finish for up to a limit, then closes what is
+//! left. Dropping the `Drain` without draining closes everything at once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Starts the drain; the other half of [`DrainWatch`].
+#[derive(Debug)]
+pub struct Drain {
+    watch: DrainWatch,
+}
+
+/// Held by listeners and connections: when to stop accepting, and where to spawn
+/// connections so the drain can wait for them.
+#[derive(Debug, Clone)]
+pub struct DrainWatch {
+    stop: CancellationToken,
+    force: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A new drain and its watch.
+pub fn new() -> (Drain, DrainWatch) {
+    let watch = DrainWatch {
+        stop: CancellationToken::new(),
+        force: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    (
+        Drain {
+            watch: watch.clone(),
+        },
+        watch,
+    )
+}
+
+impl Drain {
+    /// Stops accepting, waits up to `limit` for the tracked connections, then closes those
+    /// left. Returns whether all finished in time.
+    pub async fn drain(self, limit: Duration) -> bool {
+        let watch = &self.watch;
+        watch.stop.cancel();
+        watch.tracker.close();
+        let finished = tokio::time::timeout(limit, watch.tracker.wait())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::info!(
+                left = watch.tracker.len(),
+                "drain time over; closing remaining connections"
+            );
+            watch.force.cancel();
+            watch.tracker.wait().await;
+        }
+        finished
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.watch.stop.cancel();
+        self.watch.force.cancel();
+    }
+}
+
+impl DrainWatch {
+    /// Completes once the drain has started: stop accepting, ask peers to go away.
+    pub async fn stopping(&self) {
+        self.stop.cancelled().await;
+    }
+
+    /// Whether the drain has started.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Runs a connection on its own task, which the drain waits for and closes (drops)
+    /// when the drain time is over.
+    pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        let force = self.force.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = connection => {}
+                () = force.cancelled() => {}
+            }
+        });
+    }
+
+    /// Connections still running.
+    pub fn connections(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+/// Accepts on `listener` until the drain starts, each accepted connection served on its
+/// own tracked task by what `serve` returns (`None`: refused, the stream is dropped). An
+/// accept error (out of descriptors, say) backs off instead of spinning. The listener is
+/// closed on return, so new connections are refused from then on.
+pub async fn accept_until_drained<F, Fut>(
+    listener: TcpListener,
+    watch: &DrainWatch,
+    what: &'static str,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            biased;
+            () = watch.stopping() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Some(connection) = serve(stream, peer) {
+                        watch.spawn(connection);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(listener = what, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_finish_within_the_limit_or_are_closed_after_it() {
+        let (drain, watch) = new();
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for secs in [1, 5, 100] {
+            let done_tx = done_tx.clone();
+            watch.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                let _ = done_tx.send(secs);
+            });
+        }
+        drop(done_tx);
+        let started = tokio::time::Instant::now();
+        assert!(!drain.drain(Duration::from_secs(10)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        let mut finished = Vec::new();
+        while let Some(secs) = done.recv().await {
+            finished.push(secs);
+        }
+        assert_eq!(finished, [1, 5], "the 100 s one was closed at the limit");
+        assert_eq!(watch.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_listener_closes_when_the_drain_starts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain, watch) = new();
+        let accepting = {
+            let watch = watch.clone();
+            tokio::spawn(async move {
+                accept_until_drained(listener, &watch, "test", |_, _| Some(async {})).await
+            })
+        };
+        TcpStream::connect(addr).await.unwrap();
+        assert!(drain.drain(Duration::from_secs(1)).await);
+        accepting.await.unwrap();
+        assert!(watch.is_stopping());
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "refused once drained"
+        );
+    }
+}
