@@ -353,23 +353,26 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-#[tokio::test]
+/// Rotation and expiry of day-long certificates, in paused time: the manager's deadlines
+/// are on tokio's clock, so nothing here sleeps for real.
+#[tokio::test(start_paused = true)]
 async fn renewal_happens_at_half_life_and_failures_keep_the_valid_cert_in_service() {
-    let provider = flaky(Duration::from_secs(2), Duration::ZERO);
+    let provider = flaky(24 * HOUR, Duration::ZERO);
     let manager = CertManager::new(provider.clone(), fast_retry());
     let web = id("shop", "web");
     let first = manager.fetch(&web).await.unwrap();
+    assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
+
+    // Before half-life nothing happens.
+    tokio::time::sleep(11 * HOUR).await;
+    assert_eq!(provider.calls.load(Ordering::SeqCst), 1, "no early renewal");
 
     // Renewal fails for a while: the first certificate stays in service meanwhile.
     provider.failing.store(true, Ordering::SeqCst);
-    let renew_at = first
-        .renew_at()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    tokio::time::sleep(renew_at + Duration::from_millis(300)).await;
+    tokio::time::sleep(HOUR + Duration::from_secs(60)).await;
     assert!(
         provider.calls.load(Ordering::SeqCst) >= 3,
-        "renewal was attempted and retried"
+        "renewal was attempted at half-life and retried"
     );
     assert_eq!(
         manager.fetch(&web).await.unwrap().info().serial,
@@ -387,9 +390,19 @@ async fn renewal_happens_at_half_life_and_failures_keep_the_valid_cert_in_servic
         manager.current(&web).unwrap().info().serial,
         second.info().serial
     );
+
+    // The CA goes away for good: past the second certificate's lifetime there is none.
+    provider.failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(25 * HOUR).await;
+    assert!(manager.current(&web).is_none(), "expired");
+    let err = manager.fetch(&web).await.unwrap_err().to_string();
+    assert!(
+        err.contains("CA unreachable") || err.contains("expired"),
+        "{err}"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_first_issuance_is_reported_and_retried() {
     let provider = flaky(HOUR, Duration::ZERO);
     provider.failing.store(true, Ordering::SeqCst);

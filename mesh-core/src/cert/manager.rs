@@ -5,6 +5,11 @@
 //! requests share that single issuance. When renewal fails the task retries with jittered
 //! exponential backoff and the previous certificate stays in service while it is valid.
 //! Live TLS sessions are unaffected by a swap; only new handshakes see the new cert.
+//!
+//! Time is tokio's: when a certificate arrives, its remaining lifetime and its half-life
+//! are turned into deadlines on tokio's clock, and every later decision (still valid?
+//! renew now?) reads that clock. So a wall-clock jump does not start a renewal storm, and
+//! tests run rotation and expiry in paused time instead of sleeping.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::{CertError, CertificateProvider, WorkloadCert};
 use crate::identity::Identity;
@@ -40,9 +46,35 @@ enum Slot {
     /// Nothing issued yet.
     Pending,
     /// The certificate in service.
-    Ready(Arc<WorkloadCert>),
+    Ready(Held),
     /// No valid certificate; the last error. Retries continue in the background.
     Failed(String),
+}
+
+/// A certificate with its deadlines on tokio's clock.
+#[derive(Debug, Clone)]
+struct Held {
+    cert: Arc<WorkloadCert>,
+    /// When half its lifetime has passed.
+    renew: Instant,
+    /// When it stops being valid.
+    expires: Instant,
+}
+
+impl Held {
+    fn new(cert: WorkloadCert) -> Self {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let left = |at: SystemTime| at.duration_since(wall).unwrap_or(Duration::ZERO);
+        Held {
+            renew: now + left(cert.renew_at()),
+            expires: now + left(cert.info().not_after),
+            cert: Arc::new(cert),
+        }
+    }
+
+    fn valid(&self) -> Option<&Arc<WorkloadCert>> {
+        (Instant::now() < self.expires).then_some(&self.cert)
+    }
 }
 
 struct Entry {
@@ -82,7 +114,7 @@ impl CertManager {
         loop {
             let current = slot.borrow_and_update().clone();
             match current {
-                Slot::Ready(cert) if cert.is_valid_at(SystemTime::now()) => return Ok(cert),
+                Slot::Ready(held) if held.valid().is_some() => return Ok(held.cert),
                 Slot::Ready(_) => {
                     return Err(CertError::Unavailable {
                         identity: identity.clone(),
@@ -111,7 +143,7 @@ impl CertManager {
     pub fn current(&self, identity: &Identity) -> Option<Arc<WorkloadCert>> {
         let entries = self.lock();
         match &*entries.get(identity)?.slot.borrow() {
-            Slot::Ready(cert) if cert.is_valid_at(SystemTime::now()) => Some(cert.clone()),
+            Slot::Ready(held) => held.valid().cloned(),
             _ => None,
         }
     }
@@ -123,7 +155,7 @@ impl CertManager {
             .iter()
             .map(|(identity, entry)| {
                 let cert = match &*entry.slot.borrow() {
-                    Slot::Ready(cert) => Some(cert.clone()),
+                    Slot::Ready(held) => Some(held.cert.clone()),
                     _ => None,
                 };
                 (identity.clone(), cert)
@@ -147,10 +179,10 @@ impl CertManager {
     ) -> Arc<WorkloadCert> {
         let mut slot = self.subscribe(identity);
         loop {
-            if let Slot::Ready(cert) = &*slot.borrow_and_update()
-                && cert.info().serial != previous.info().serial
+            if let Slot::Ready(held) = &*slot.borrow_and_update()
+                && held.cert.info().serial != previous.info().serial
             {
-                return cert.clone();
+                return held.cert.clone();
             }
             if slot.changed().await.is_err() {
                 std::future::pending::<()>().await;
@@ -206,21 +238,19 @@ async fn maintain(
     loop {
         match provider.issue(&identity).await {
             Ok(cert) => {
-                let renew_at = cert.renew_at();
                 tracing::debug!(%identity, serial = %cert.info().serial, "certificate issued");
-                publish.send_replace(Slot::Ready(Arc::new(cert)));
-                backoff = policy.initial_backoff;
-                let wait = renew_at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
+                let held = Held::new(cert);
                 // A provider handing out nearly expired certificates must not make us spin.
-                tokio::time::sleep(wait.max(policy.initial_backoff)).await;
+                let renew = held.renew.max(Instant::now() + policy.initial_backoff);
+                publish.send_replace(Slot::Ready(held));
+                backoff = policy.initial_backoff;
+                tokio::time::sleep_until(renew).await;
             }
             Err(err) => {
                 tracing::warn!(%identity, error = %err, retry_in = ?backoff, "certificate issuance failed");
                 let still_valid = matches!(
                     &*publish.borrow(),
-                    Slot::Ready(cert) if cert.is_valid_at(SystemTime::now())
+                    Slot::Ready(held) if held.valid().is_some()
                 );
                 if !still_valid {
                     publish.send_replace(Slot::Failed(err.to_string()));
