@@ -16,6 +16,7 @@ use mesh_core::zds::{self, Request, WorkloadRequest, ZdsError};
 use mesh_model::model::Workload;
 use tokio_seqpacket::UnixSeqpacket;
 
+use crate::proxy::sockets::InPod;
 use crate::proxy::{ProxyState, WorkloadProxy};
 
 /// How long to wait for the configuration to know a pod the agent announced.
@@ -217,14 +218,18 @@ impl Enrolled {
             return Ok(());
         }
         let workload = self.wait_for_workload(&info).await?;
-        let proxy = WorkloadProxy::start(self.state.clone(), workload, std::fs::File::from(netns))
-            .await
-            .map_err(|err| {
-                format!(
-                    "starting the proxy of {}/{}: {err}",
-                    info.namespace, info.name
-                )
-            })?;
+        let proxy = WorkloadProxy::start(
+            self.state.clone(),
+            workload,
+            Arc::new(InPod::new(std::fs::File::from(netns), self.state.mark)),
+        )
+        .await
+        .map_err(|err| {
+            format!(
+                "starting the proxy of {}/{}: {err}",
+                info.namespace, info.name
+            )
+        })?;
         self.proxies.insert(uid, proxy);
         Ok(())
     }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use mesh_core::drain::{DrainWatch, accept_until_drained};
 use mesh_core::hbone::{InboundTunnel, headers};
-use mesh_core::inpod;
 use mesh_model::config::istio::MtlsMode;
 use mesh_model::model::DataPlane;
 use mesh_model::policy::{self, Connection};
@@ -77,7 +76,7 @@ async fn admit_tunnel(
     if !pod.workload.ips.contains(&target.ip()) {
         return Err(ProxyError::NotThisPod);
     }
-    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
+    if pod.sockets.is_own_listener(target, &pod.workload.ips) {
         return Err(ProxyError::Loop);
     }
     let conn = Connection {
@@ -153,7 +152,7 @@ async fn admit_plaintext(
     peer: SocketAddr,
     target: SocketAddr,
 ) -> Result<TcpStream, ProxyError> {
-    if inpod::is_own_listener(target.ip(), target.port(), &pod.workload.ips) {
+    if pod.sockets.is_own_listener(target, &pod.workload.ips) {
         return Err(ProxyError::Loop);
     }
     let mode =

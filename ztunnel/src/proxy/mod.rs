@@ -9,14 +9,15 @@
 //! ```
 //!
 //! Every socket is created in the pod's namespace; upstream ones carry ztunnel's mark so
-//! the pod's rules let them pass.
+//! the pod's rules let them pass. Sockets come through [`sockets::PodSockets`], so tests
+//! can run this same code on plain host sockets without root.
 
 mod inbound;
 mod outbound;
 pub mod record;
 pub mod route;
+pub mod sockets;
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,8 @@ use mesh_model::model::{DataPlane, Workload};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use sockets::PodSockets;
+
 pub use mesh_core::inpod::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 /// How long a TCP connect to an upstream (the app in the pod, a destination outside the
@@ -46,7 +49,7 @@ async fn connect_upstream(
     src: Option<SocketAddr>,
     dst: SocketAddr,
 ) -> std::io::Result<tokio::net::TcpStream> {
-    let connect = mesh_core::socket::connect_in(&*pod.netns, pod.state.mark, src, dst);
+    let connect = pod.sockets.connect(src, dst);
     tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| {
@@ -109,7 +112,7 @@ impl ProxyStats {
 /// One captured pod, as its connections' handlers see it.
 struct PodContext {
     workload: Arc<Workload>,
-    netns: Arc<File>,
+    sockets: Arc<dyn PodSockets>,
     state: Arc<ProxyState>,
     client: HboneClient,
     stats: Arc<ProxyStats>,
@@ -118,20 +121,14 @@ struct PodContext {
     pending_connects: Arc<tokio::sync::Semaphore>,
 }
 
-/// Opens HBONE connections from inside the pod, marked.
+/// Opens HBONE connections from the pod (inside its namespace, marked, in production).
 struct PodDialer {
-    netns: Arc<File>,
-    mark: u32,
+    sockets: Arc<dyn PodSockets>,
 }
 
 impl Dialer for PodDialer {
     fn dial(&self, dst: SocketAddr) -> DialFuture<'_> {
-        Box::pin(mesh_core::socket::connect_in(
-            &*self.netns,
-            self.mark,
-            None,
-            dst,
-        ))
+        self.sockets.connect(None, dst)
     }
 }
 
@@ -164,38 +161,40 @@ pub struct WorkloadProxy {
 }
 
 impl WorkloadProxy {
-    /// Starts the three listeners of `workload` in `netns` (an open network namespace).
-    /// Must be called within a Tokio runtime.
+    /// Starts the three listeners of `workload` on `sockets` (in production
+    /// [`sockets::InPod`]: inside its network namespace). Must be called within a Tokio
+    /// runtime.
     pub async fn start(
         state: Arc<ProxyState>,
         workload: Arc<Workload>,
-        netns: File,
+        sockets: Arc<dyn PodSockets>,
     ) -> Result<Self, StartError> {
-        let netns = Arc::new(netns);
         let cert = state.certs.fetch(&workload.identity).await?;
-        if let Err(err) = mesh_core::socket::migrate_on_close_in(&*netns) {
+        if let Err(err) = sockets.prepare() {
             // Old kernels: a restart may then reset the connections queued at that moment.
             tracing::warn!(pod = %workload.name, error = %err, "listener migration unavailable");
         }
         let bind = |port: u16, transparent: bool| {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            mesh_core::socket::listen_in(&*netns, addr, transparent)
-                .map_err(|source| StartError::Bind { addr, source })
+            sockets
+                .listen(port, transparent)
+                .map_err(|source| StartError::Bind {
+                    addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                    source,
+                })
         };
         let outbound = bind(OUTBOUND_PORT, false)?;
         let plaintext = bind(INBOUND_PLAINTEXT_PORT, true)?;
         let hbone = bind(mesh_core::hbone::HBONE_PORT, true)?;
 
         let dialer = Arc::new(PodDialer {
-            netns: netns.clone(),
-            mark: state.mark,
+            sockets: sockets.clone(),
         });
         let client =
             HboneClient::with_dialer(state.certs.clone(), ClientSettings::default(), dialer);
         let stats = Arc::new(ProxyStats::default());
         let context = Arc::new(PodContext {
             workload: workload.clone(),
-            netns,
+            sockets,
             state: state.clone(),
             client,
             stats: stats.clone(),

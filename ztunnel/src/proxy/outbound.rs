@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use http::HeaderMap;
 use mesh_core::drain::{DrainWatch, accept_until_drained};
 use mesh_core::hbone::{ConnectRequest, headers};
-use mesh_core::inpod;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::record::{Direction, ProxyError, Record};
@@ -42,7 +41,7 @@ async fn serve(pod: Arc<PodContext>, downstream: TcpStream) {
     let _ = downstream.set_nodelay(true);
     let (src, dst) = match (
         downstream.peer_addr(),
-        mesh_core::socket::original_dst(&downstream),
+        pod.sockets.original_dst(&downstream),
     ) {
         (Ok(src), Ok(dst)) => (src, dst),
         (Err(err), _) | (_, Err(err)) => {
@@ -75,7 +74,7 @@ async fn proxy(
     // Aimed at one of this pod's ztunnel ports or at loopback (which covers a connection
     // that was not redirected: its original destination is the listener's own address):
     // relaying it would connect ztunnel to itself.
-    if inpod::is_own_listener(dst.ip(), dst.port(), &pod.workload.ips) {
+    if pod.sockets.is_own_listener(dst, &pod.workload.ips) {
         return Err(ProxyError::Loop);
     }
     // Held until the upstream connection is established (or fails).
@@ -92,9 +91,7 @@ async fn proxy(
             authority,
             workload,
             ..
-        } if inpod::is_own_listener(authority.ip(), authority.port(), &workload.ips) => {
-            Err(ProxyError::Loop)
-        }
+        } if pod.sockets.is_own_listener(authority, &workload.ips) => Err(ProxyError::Loop),
         Upstream::Hbone {
             hbone_addr,
             authority,

@@ -17,6 +17,7 @@ use mesh_tests::Cluster;
 use mesh_tests::apps::http_echo::{self, HttpVersion};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
+use ztunnel::proxy::sockets::InPod;
 use ztunnel::proxy::{ProxyState, WorkloadProxy};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -75,7 +76,11 @@ impl Mesh {
                 .unwrap();
             let netns = std::fs::File::open(pod.netns().path()).unwrap();
             let proxy = runtime
-                .block_on(WorkloadProxy::start(state.clone(), workload, netns))
+                .block_on(WorkloadProxy::start(
+                    state.clone(),
+                    workload,
+                    Arc::new(InPod::new(netns, 0x539)),
+                ))
                 .unwrap();
             proxies.push(proxy);
         }

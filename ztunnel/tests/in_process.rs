@@ -1,0 +1,249 @@
+//! The real proxy code, outbound -> HBONE -> inbound, in this process on plain loopback
+//! sockets: no root, no network namespaces, no iptables ([`OnHost`] stands in for the pod's
+//! sockets and the redirect). Routing, mutual TLS, policy and metrics are the production
+//! code's; only where sockets come from differs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use mesh_core::cert::{CertManager, LocalCa, RenewalPolicy};
+use mesh_model::config::{ConfigStore, parse_documents};
+use mesh_model::model::{DataPlane, Settings, translate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use ztunnel::proxy::sockets::{OnHost, Redirects};
+use ztunnel::proxy::{OUTBOUND_PORT, ProxyState, WorkloadProxy};
+
+/// Two pods on their own loopback addresses (127.<pid>.<test>.2 and .3), unique per test so
+/// tests run in parallel.
+struct Pods {
+    client: IpAddr,
+    server: IpAddr,
+}
+
+fn pods() -> Pods {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let (a, b) = (
+        (std::process::id() % 250 + 1) as u8,
+        NEXT.fetch_add(1, Ordering::Relaxed),
+    );
+    Pods {
+        client: IpAddr::V4(Ipv4Addr::new(127, a, b, 2)),
+        server: IpAddr::V4(Ipv4Addr::new(127, a, b, 3)),
+    }
+}
+
+fn cluster(pods: &Pods, extra: &str) -> DataPlane {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: shop, labels: {{app: client}}}}
+spec: {{nodeName: n1, serviceAccountName: web, containers: [{{name: app}}]}}
+status: {{phase: Running, podIP: {client}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: shop, labels: {{app: server}}}}
+spec: {{nodeName: n2, serviceAccountName: server, containers: [{{name: app, ports: [{{name: http, containerPort: 8080}}]}}]}}
+status: {{phase: Running, podIP: {server}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: shop}}
+spec: {{clusterIP: 10.96.0.10, selector: {{app: server}}, ports: [{{port: 80, targetPort: http}}]}}
+{extra}"#,
+        client = pods.client,
+        server = pods.server,
+    );
+    let mut store = ConfigStore::default();
+    for object in parse_documents(std::path::Path::new("in-process.yaml"), &yaml)
+        .valid()
+        .unwrap()
+    {
+        store.insert(object);
+    }
+    translate(&store, &Settings::new("cluster.local"))
+}
+
+/// Both pods' proxies and the server's echo app, running.
+struct Mesh {
+    state: Arc<ProxyState>,
+    redirects: Redirects,
+    client: IpAddr,
+    _proxies: Vec<WorkloadProxy>,
+}
+
+async fn start(pods: &Pods, plane: DataPlane) -> Mesh {
+    mesh_core::tls::install_process_provider();
+    let (_, receiver) = watch::channel(Arc::new(plane.clone()));
+    let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
+    let state = Arc::new(ProxyState {
+        plane: receiver,
+        certs: Arc::new(CertManager::new(ca, RenewalPolicy::default())),
+        trust_domain: "cluster.local".into(),
+        mark: 0,
+        metrics: Arc::new(ztunnel::metrics::Metrics::default()),
+    });
+    let redirects = Redirects::default();
+    let mut proxies = Vec::new();
+    for ip in [pods.client, pods.server] {
+        let workload = plane.workload(ip).unwrap().clone();
+        let sockets = Arc::new(OnHost::new(ip, redirects.clone()));
+        proxies.push(
+            WorkloadProxy::start(state.clone(), workload, sockets)
+                .await
+                .unwrap(),
+        );
+    }
+    let app = TcpListener::bind(SocketAddr::new(pods.server, 8080))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    Mesh {
+        state,
+        redirects,
+        client: pods.client,
+        _proxies: proxies,
+    }
+}
+
+impl Mesh {
+    /// What the client app's `connect(dst)` becomes once redirected: a connection from the
+    /// client pod's address to its proxy's outbound port, with `dst` as original destination.
+    async fn connect(&self, dst: SocketAddr) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(self.client, 0)).unwrap();
+        self.redirects.redirect(socket.local_addr().unwrap(), dst);
+        socket
+            .connect(SocketAddr::new(self.client, OUTBOUND_PORT))
+            .await
+            .unwrap()
+    }
+
+    /// Sends `text` to `dst` and reads the echo; `Err` when the connection closes first.
+    async fn echo(&self, dst: SocketAddr, text: &[u8]) -> Result<Vec<u8>, String> {
+        let mut stream = self.connect(dst).await;
+        stream.write_all(text).await.map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; text.len()];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await {
+            Ok(Ok(_)) => Ok(back),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn outbound_to_inbound_over_hbone_by_service_vip() {
+    let pods = pods();
+    let mesh = start(&pods, cluster(&pods, "")).await;
+    let vip = SocketAddr::from(([10, 96, 0, 10], 80));
+    assert_eq!(mesh.echo(vip, b"hello").await.unwrap(), b"hello");
+
+    // Both sides counted it, with the service named and mutual TLS.
+    let text = mesh.state.metrics.encode();
+    for reporter in ["source", "destination"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+            })
+            .unwrap_or_else(|| panic!("no {reporter} line in:\n{text}"));
+        for label in [
+            "destination_service=\"server.shop.svc.cluster.local\"",
+            "source_principal=\"spiffe://cluster.local/ns/shop/sa/web\"",
+            "destination_principal=\"spiffe://cluster.local/ns/shop/sa/server\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ] {
+            assert!(line.contains(label), "{label} missing: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn policy_applies_to_the_in_process_path() {
+    let pods = pods();
+    let deny = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-web, namespace: shop}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]
+";
+    let mesh = start(&pods, cluster(&pods, deny)).await;
+    let server = SocketAddr::new(pods.server, 8080);
+    let denied = mesh.echo(server, b"hello").await;
+    assert!(denied.is_err(), "the DENY policy must close it: {denied:?}");
+    let text = mesh.state.metrics.encode();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")),
+        "nothing opened at the destination:\n{text}"
+    );
+}
+
+/// The tests above, run again as user 65534 when this runs as root (CI does): they need
+/// no privilege. Run unprivileged, they prove it themselves.
+#[test]
+fn the_in_process_tests_need_no_privileges() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    // A copy in a directory anyone may enter (the checkout may not be).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("in_process");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let run = || {
+        std::process::Command::new(&copy)
+            .args([
+                "outbound_to_inbound",
+                "policy_applies",
+                "--test-threads",
+                "1",
+            ])
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+    };
+    // A child forked by another test thread while the copy was open for writing holds it
+    // until that child execs: the kernel refuses to run the copy (ETXTBSY) meanwhile.
+    let output = mesh_tests::eventually(
+        "the copied test binary to be runnable",
+        Duration::from_secs(5),
+        || match run() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(err),
+            other => Ok(other),
+        },
+    )
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("2 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
