@@ -249,3 +249,97 @@ pub struct PeerAuthentication {
     #[serde(default)]
     pub spec: PeerAuthenticationSpec,
 }
+
+/// `security.istio.io` RequestAuthentication: which JWTs a workload accepts (checked at
+/// the waypoint; an invalid token is refused, a missing one is left to
+/// AuthorizationPolicy's `requestPrincipals`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthentication {
+    /// `security.istio.io/v1` or `v1beta1`.
+    pub api_version: String,
+    /// `RequestAuthentication`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: ObjectMeta,
+    /// The rules.
+    #[serde(default)]
+    pub spec: RequestAuthenticationSpec,
+}
+
+/// `RequestAuthentication.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    /// Workloads it applies to (its whole namespace when absent).
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    /// A Gateway or Service it applies to (waypoints).
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Several of those.
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// Accepted issuers and how to find and check their tokens.
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One accepted issuer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    /// `iss` the token must carry.
+    pub issuer: String,
+    /// `aud` values accepted (any, when empty).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where the issuer's keys are published.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The keys inline (a JWKS document).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Headers the token may come in (default `Authorization: Bearer`).
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters the token may come in.
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    /// Cookies the token may come in.
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    /// A header to pass the verified payload in (base64url).
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    /// Keep the token on the request after verification.
+    #[serde(default)]
+    pub forward_original_token: bool,
+    /// Claims to copy into headers.
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// How long fetching the keys may take (`5s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// `jwtRules[].fromHeaders[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    /// Header name.
+    pub name: String,
+    /// Prefix before the token (`Bearer `).
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// `jwtRules[].outputClaimToHeaders[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// Header name.
+    pub header: String,
+    /// Claim name.
+    pub claim: String,
+}

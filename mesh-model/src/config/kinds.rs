@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{Interest, gateway_api, istio};
+use super::{Interest, gateway_api, gateway_routes, istio, istio_networking};
 
 /// How the API source reads a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +43,15 @@ pub struct KindInfo {
 }
 
 impl KindInfo {
-    /// Whether a component with `interest` watches this kind.
+    /// Whether a component with `interest` watches this kind: each interest includes the
+    /// narrower ones (capture < proxy < waypoint).
     pub fn watched_by(&self, interest: Interest) -> bool {
-        self.interest == Interest::Capture || interest == Interest::Proxy
+        let rank = |i: Interest| match i {
+            Interest::Capture => 0,
+            Interest::Proxy => 1,
+            Interest::Waypoint => 2,
+        };
+        rank(self.interest) <= rank(interest)
     }
 
     /// The registry entry for `kind:` in `group`.
@@ -237,6 +243,46 @@ registry! {
         name: "GatewayClass", kind: "GatewayClass", group: "gateway.networking.k8s.io",
         versions: ["v1", "v1beta1"], namespaced: false, interest: Proxy, read_as: Dynamic,
     }
+    /// Which JWTs a workload accepts (checked at the waypoint).
+    RequestAuthentication(istio::RequestAuthentication) {
+        name: "RequestAuthentication", kind: "RequestAuthentication",
+        group: "security.istio.io", versions: ["v1", "v1beta1"], namespaced: true,
+        interest: Waypoint, read_as: Dynamic,
+    }
+    /// Istio HTTP/TLS/TCP routing for hosts.
+    VirtualService(istio_networking::VirtualService) {
+        name: "VirtualService", kind: "VirtualService", group: "networking.istio.io",
+        versions: ["v1", "v1beta1", "v1alpha3"], namespaced: true, interest: Waypoint,
+        read_as: Dynamic,
+    }
+    /// Istio traffic policy and subsets for a host.
+    DestinationRule(istio_networking::DestinationRule) {
+        name: "DestinationRule", kind: "DestinationRule", group: "networking.istio.io",
+        versions: ["v1", "v1beta1", "v1alpha3"], namespaced: true, interest: Waypoint,
+        read_as: Dynamic,
+    }
+    /// An Istio Gateway (ingress servers), not the Gateway API's.
+    IstioGateway(istio_networking::IstioGateway) {
+        name: "Gateway.networking.istio.io", kind: "Gateway", group: "networking.istio.io",
+        versions: ["v1", "v1beta1", "v1alpha3"], namespaced: true, interest: Waypoint,
+        read_as: Dynamic,
+    }
+    /// Envoy configuration patches (stored and reported; this mesh runs no Envoy).
+    EnvoyFilter(istio_networking::EnvoyFilter) {
+        name: "EnvoyFilter", kind: "EnvoyFilter", group: "networking.istio.io",
+        versions: ["v1alpha3", "v1beta1"], namespaced: true, interest: Waypoint,
+        read_as: Dynamic,
+    }
+    /// Gateway API HTTP routes (for waypoints: parent a Service or the waypoint).
+    HttpRoute(gateway_routes::HttpRoute) {
+        name: "HTTPRoute", kind: "HTTPRoute", group: "gateway.networking.k8s.io",
+        versions: ["v1", "v1beta1"], namespaced: true, interest: Waypoint, read_as: Dynamic,
+    }
+    /// Gateway API gRPC routes.
+    GrpcRoute(gateway_routes::GrpcRoute) {
+        name: "GRPCRoute", kind: "GRPCRoute", group: "gateway.networking.k8s.io",
+        versions: ["v1"], namespaced: true, interest: Waypoint, read_as: Dynamic,
+    }
 }
 
 impl ConfigObject {
@@ -301,6 +347,11 @@ mod tests {
             .map(|k| k.name)
             .collect();
         assert_eq!(capture, ["Namespace", "Pod"]);
-        assert!(KINDS.iter().all(|k| k.watched_by(Interest::Proxy)));
+        assert!(KINDS.iter().all(|k| k.watched_by(Interest::Waypoint)));
+        let proxy_only_l4 = KINDS
+            .iter()
+            .filter(|k| k.watched_by(Interest::Proxy))
+            .all(|k| !matches!(k.name, "VirtualService" | "HTTPRoute" | "DestinationRule"));
+        assert!(proxy_only_l4, "ztunnel does not watch L7 kinds");
     }
 }

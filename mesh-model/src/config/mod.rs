@@ -7,7 +7,9 @@
 
 pub mod file_source;
 pub mod gateway_api;
+pub mod gateway_routes;
 pub mod istio;
+pub mod istio_networking;
 pub mod kinds;
 pub mod kube_source;
 pub mod rejection;
@@ -56,9 +58,12 @@ impl Source {
 pub enum Interest {
     /// Namespaces and Pods: enough to decide which pods to capture (the istio-cni agent).
     Capture,
-    /// Everything the proxy needs: also Services, EndpointSlices, ServiceAccounts, Nodes
-    /// and the Istio security kinds (ztunnel).
+    /// Everything the L4 proxy needs: also Services, EndpointSlices, ServiceAccounts,
+    /// Nodes, the Istio security kinds and Gateways (ztunnel).
     Proxy,
+    /// Also the L7 kinds: routes, destination rules, request authentication (the
+    /// waypoint). ztunnel does not watch them, nor need RBAC for them.
+    Waypoint,
 }
 
 /// Why a configuration source could not start.

@@ -57,14 +57,11 @@ spec:
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata:
-  name: ignored-here
+  name: stored-for-the-waypoint
 "#;
     let parsed = parse(text).unwrap();
-    assert_eq!(parsed.objects.len(), 3);
-    assert_eq!(
-        parsed.skipped,
-        ["networking.istio.io/v1beta1 VirtualService"]
-    );
+    assert_eq!(parsed.objects.len(), 4);
+    assert!(parsed.skipped.is_empty(), "{:?}", parsed.skipped);
     let ConfigObject::PeerAuthentication(pa) = &parsed.objects[0] else {
         panic!("{:?}", parsed.objects[0])
     };
@@ -177,9 +174,10 @@ fn an_unknown_version_of_a_known_kind_and_action_custom_are_refused_not_skipped(
     // Kinds the mesh does not read stay skipped, in any version.
     let parsed = parse_documents(
         Path::new("p.yaml"),
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\n",
+        "apiVersion: security.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\n",
     );
     assert!(parsed.rejected.is_empty() && parsed.objects.is_empty());
+    assert_eq!(parsed.skipped, ["security.istio.io/v1 Telemetry"]);
 }
 
 #[test]
@@ -221,4 +219,80 @@ fn namespaced_objects_default_to_the_default_namespace() {
     assert_eq!(parsed.objects[0].key().to_string(), "Service default/web");
     let parsed = parse("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n").unwrap();
     assert_eq!(parsed.objects[0].key().to_string(), "Namespace shop");
+}
+
+/// Every Istio and Gateway API object of the seed lecture (the YAML our users apply) parses
+/// into the mesh's strict types; only the IstioOperator (an installer's) is skipped.
+#[test]
+fn every_object_of_the_seed_lecture_parses() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/seed-lecture-istio.yaml"
+    );
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let parsed = parse_documents(Path::new("seed.yaml"), &text);
+    assert!(parsed.rejected.is_empty(), "{:#?}", parsed.rejected);
+    assert_eq!(parsed.skipped, ["install.istio.io/v1alpha1 IstioOperator"]);
+    let mut kinds: Vec<&str> = parsed.objects.iter().map(ConfigObject::kind).collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "AuthorizationPolicy",
+            "DestinationRule",
+            "EnvoyFilter",
+            "Gateway.networking.istio.io",
+            "PeerAuthentication",
+            "RequestAuthentication",
+            "VirtualService"
+        ]
+    );
+    let canary = parsed
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            ConfigObject::VirtualService(vs)
+                if vs.metadata.name.as_deref() == Some("model-canary") =>
+            {
+                Some(vs.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let weights: Vec<Option<i32>> = canary.spec.http[1].route.iter().map(|r| r.weight).collect();
+    assert_eq!(weights, [Some(90), Some(10)]);
+    assert_eq!(
+        canary.spec.http[0].match_[0].headers["x-user-group"]
+            .exact
+            .as_deref(),
+        Some("beta")
+    );
+}
+
+/// A typo in an L7 kind is reported by field, like in the security kinds.
+#[test]
+fn a_typo_in_a_route_is_reported_by_field() {
+    for (text, field) in [
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}, wieght: 10}]\n",
+            "wieght",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{name: web, kind: Service, group: \"\"}]\n  rules:\n  - backendRefs: [{name: web, port: 80, wieght: 1}]\n",
+            "wieght",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr, namespace: shop}\nspec:\n  host: web\n  trafficPolicy: {outlierDetection: {consecutive5xxErors: 5}}\n",
+            "consecutive5xxErors",
+        ),
+    ] {
+        let parsed = parse_documents(Path::new("routes.yaml"), text);
+        assert!(parsed.objects.is_empty(), "{:?}", parsed.objects);
+        let error = parsed.rejected[0].error.to_string();
+        assert!(
+            error.contains(field) && error.contains("routes.yaml"),
+            "{error}"
+        );
+    }
 }

@@ -140,8 +140,16 @@ fn update(
                 }
             }
             "AuthorizationPolicy" | "PeerAuthentication" => policies = true,
-            // Not read by the model.
-            "Node" | "ServiceAccount" => {}
+            // Not read by the model (the L7 kinds are the waypoint's).
+            "Node"
+            | "ServiceAccount"
+            | "RequestAuthentication"
+            | "VirtualService"
+            | "DestinationRule"
+            | "Gateway.networking.istio.io"
+            | "EnvoyFilter"
+            | "HTTPRoute"
+            | "GRPCRoute" => {}
             // Namespaces, Gateways, GatewayClasses, kinds the model does not know yet.
             _ => return None,
         }
