@@ -72,7 +72,7 @@ impl Admin {
             "pods": pods,
             "workloads": workloads,
             "services": services,
-            "authorization_policies": plane.authorization_policies.iter().map(|p| name(&p.metadata)).collect::<Vec<_>>(),
+            "authorization_policies": plane.authorization_policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
             "peer_authentications": plane.peer_authentications.iter().map(|p| name(&p.metadata)).collect::<Vec<_>>(),
             "certificates": certificates,
             "rejected": rejected,

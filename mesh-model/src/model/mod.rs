@@ -19,7 +19,8 @@ use std::sync::Arc;
 pub use translate::{DATAPLANE_MODE_LABEL, Settings, Translator, translate};
 pub use waypoint::{Waypoint, WaypointAddress, WaypointFor};
 
-use crate::config::istio::{AuthorizationPolicy, PeerAuthentication};
+use crate::config::istio::PeerAuthentication;
+use crate::policy::CompiledPolicy;
 use mesh_core::identity::Identity;
 
 /// `namespace/name` of a namespaced object, the model's key for workloads and services.
@@ -168,8 +169,8 @@ pub struct DataPlane {
     pub services_by_workload: BTreeMap<NamespacedName, Vec<Arc<Service>>>,
     /// Waypoints that have an address, by Gateway `namespace/name`.
     pub waypoints: BTreeMap<NamespacedName, Arc<Waypoint>>,
-    /// AuthorizationPolicies, in key order.
-    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    /// AuthorizationPolicies, compiled, in key order.
+    pub authorization_policies: Vec<Arc<CompiledPolicy>>,
     /// PeerAuthentications, in key order.
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
 }

@@ -21,6 +21,7 @@ use super::{DataPlane, NamespacedName, Service, ServicePort, TargetPort, Waypoin
 use crate::config::gateway_api::{Gateway, GatewayClass};
 use crate::config::istio::{AuthorizationPolicy, PeerAuthentication};
 use crate::config::{ConfigStore, ObjectKey};
+use crate::policy::CompiledPolicy;
 use mesh_core::identity::Identity;
 
 /// The label that puts a namespace (or overrides a pod) in or out of the mesh.
@@ -199,7 +200,10 @@ fn update(
 }
 
 fn set_policies(plane: &mut DataPlane, store: &ConfigStore) {
-    plane.authorization_policies = store.all::<AuthorizationPolicy>().cloned().collect();
+    plane.authorization_policies = store
+        .all::<AuthorizationPolicy>()
+        .map(|p| Arc::new(CompiledPolicy::compile(p)))
+        .collect();
     plane.peer_authentications = store.all::<PeerAuthentication>().cloned().collect();
 }
 

@@ -11,12 +11,13 @@
 //! denies more, never less.
 
 mod authz;
-mod matching;
+pub mod compiled;
 mod peer_authn;
 
 use std::net::IpAddr;
 
 pub use authz::authorize;
+pub use compiled::CompiledPolicy;
 pub use peer_authn::peer_authentication;
 
 use mesh_core::identity::Identity;

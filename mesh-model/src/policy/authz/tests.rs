@@ -4,13 +4,13 @@ use super::*;
 use crate::config::{ConfigObject, parse_documents};
 use mesh_core::identity::Identity;
 
-fn policies(yaml: &str) -> Vec<Arc<AuthorizationPolicy>> {
+fn policies(yaml: &str) -> Vec<Arc<CompiledPolicy>> {
     parse_documents(Path::new("authz.yaml"), yaml)
         .valid()
         .unwrap()
         .into_iter()
         .filter_map(|o| match o {
-            ConfigObject::AuthorizationPolicy(p) => Some(p),
+            ConfigObject::AuthorizationPolicy(p) => Some(Arc::new(CompiledPolicy::compile(&p))),
             _ => None,
         })
         .collect()
