@@ -159,6 +159,13 @@ macro_rules! registry {
                 }
             }
 
+            /// The object as JSON, as the API would hold it.
+            pub fn to_json(&self) -> serde_json::Value {
+                match self {
+                    $( ConfigObject::$variant(o) => serde_json::to_value(&**o).unwrap_or_default(), )+
+                }
+            }
+
             /// Parses one object of kind `info` from the API's JSON.
             pub(crate) fn from_json(info: &KindInfo, value: serde_json::Value) -> Result<Self, String> {
                 match info.name {

@@ -367,7 +367,50 @@ fn parse_known(info: &KindInfo, version: &str, document: &str) -> Result<ConfigO
             info.versions.join(", ")
         ));
     }
-    ConfigObject::from_yaml(info, document)
+    let object = ConfigObject::from_yaml(info, document)?;
+    if info.read_as == kinds::ReadAs::Typed {
+        // The k8s-openapi types ignore fields they do not know; the mesh's own types refuse
+        // them. Compare what was written with what was understood, so a typo in a core kind
+        // (`selctor:`) is reported too, as `kubectl apply` (strict field validation) does.
+        let written: serde_json::Value = serde_saphyr::from_str(document)
+            .map_err(|e: serde_saphyr::Error| format!("{}: {e}", info.kind))?;
+        if let Some(path) = first_unknown_field(&written, &object.to_json(), "") {
+            return Err(format!("{}: unknown field `{path}`", info.kind));
+        }
+    }
+    Ok(object)
+}
+
+/// The first field (as a dotted path) present in `written` but not in `understood`.
+/// Fields written as `null` count as absent.
+fn first_unknown_field(
+    written: &serde_json::Value,
+    understood: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (written, understood) {
+        (Value::Object(written), Value::Object(understood)) => {
+            written.iter().find_map(|(key, value)| {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                match understood.get(key) {
+                    None if !value.is_null() => Some(path),
+                    None => None,
+                    Some(known) => first_unknown_field(value, known, &path),
+                }
+            })
+        }
+        (Value::Array(written), Value::Array(understood)) => written
+            .iter()
+            .zip(understood)
+            .enumerate()
+            .find_map(|(i, (w, u))| first_unknown_field(w, u, &format!("{at}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// Splits a multi-document YAML text on `---` lines.

@@ -296,3 +296,36 @@ fn a_typo_in_a_route_is_reported_by_field() {
         );
     }
 }
+
+/// Core kinds are parsed by k8s-openapi, which ignores fields it does not know; a typo there
+/// is still reported by file and field (as `kubectl apply` does), and valid documents with
+/// nulls, empty maps and named ports are not.
+#[test]
+fn a_typo_in_a_core_kind_is_reported_by_field() {
+    for (text, field) in [
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  selctor: {app: web}\n  ports: [{port: 80}]\n",
+            "spec.selctor",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  containers:\n  - name: app\n    prots: [{containerPort: 80}]\n",
+            "spec.containers[0].prots",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, lables: {istio.io/dataplane-mode: ambient}}\n",
+            "metadata.lables",
+        ),
+    ] {
+        let parsed = parse_documents(Path::new("core.yaml"), text);
+        assert!(parsed.objects.is_empty(), "{:?}", parsed.objects);
+        let error = parsed.rejected[0].error.to_string();
+        assert!(
+            error.contains(&format!("unknown field `{field}`")) && error.contains("core.yaml"),
+            "{error}"
+        );
+    }
+    let valid = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, labels: {}, annotations: null}\nspec:\n  type: ClusterIP\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http, protocol: TCP, appProtocol: http}]\nstatus: {loadBalancer: {}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  nodeName: n1\n  containers:\n  - name: app\n    image: web:v1\n    ports: [{name: http, containerPort: 8080}]\n    resources: {limits: {cpu: 500m, memory: 128Mi}}\nstatus: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}]}\n";
+    let parsed = parse_documents(Path::new("core.yaml"), valid);
+    assert!(parsed.rejected.is_empty(), "{:#?}", parsed.rejected);
+    assert_eq!(parsed.objects.len(), 2);
+}
