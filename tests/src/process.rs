@@ -168,3 +168,36 @@ impl Drop for Process {
         }
     }
 }
+
+/// Runs a copy of `binary` as user 65534 (nobody) with `args`, from `/`, and returns its
+/// output: how tests prove something needs no privileges. The copy sits in a directory
+/// anyone may enter (the checkout may be under a 0700 directory). A child forked by another
+/// test thread while the copy was open for writing holds it until that child execs, and the
+/// kernel refuses to run it meanwhile (ETXTBSY): that is retried for up to 5 s.
+pub fn run_copy_unprivileged(
+    binary: &Path,
+    args: &[&str],
+) -> std::io::Result<std::process::Output> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let copy = dir.path().join(binary.file_name().unwrap_or_default());
+    std::fs::copy(binary, &copy)?;
+    let run = || {
+        Command::new(&copy)
+            .args(args)
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+    };
+    crate::eventually(
+        "the copied binary to be runnable",
+        Duration::from_secs(5),
+        || match run() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(err),
+            other => Ok(other),
+        },
+    )
+    .map_err(|timeout| std::io::Error::other(timeout.to_string()))?
+}

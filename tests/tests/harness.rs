@@ -401,32 +401,10 @@ fn ctrl_c_removes_the_cluster_before_exiting() {
 
 #[test]
 fn building_without_root_fails_with_a_clear_message() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    // A copy in a directory anyone may enter: the checkout may sit where user 65534
-    // cannot go (under a 0700 directory), and that must not decide the outcome.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let demo = dir.path().join("mesh-demo");
-    std::fs::copy(env!("CARGO_BIN_EXE_mesh-demo"), &demo).unwrap();
-    // A child forked by another test thread while the copy was open for writing holds it
-    // until that child execs: the kernel then refuses to run the copy (ETXTBSY) briefly.
-    let run = || {
-        Command::new(&demo)
-            .current_dir("/")
-            .uid(65534)
-            .gid(65534)
-            .output()
-    };
-    let output = eventually(
-        "the copied binary to be runnable",
-        Duration::from_secs(5),
-        || match run() {
-            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(err),
-            other => Ok(other),
-        },
+    let output = mesh_tests::process::run_copy_unprivileged(
+        std::path::Path::new(env!("CARGO_BIN_EXE_mesh-demo")),
+        &[],
     )
-    .unwrap()
     .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

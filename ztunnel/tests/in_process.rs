@@ -63,13 +63,11 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: server}}, ports: [{{port: 80, ta
         client = pods.client,
         server = pods.server,
     );
-    let mut store = ConfigStore::default();
-    for object in parse_documents(std::path::Path::new("in-process.yaml"), &yaml)
+    let store: ConfigStore = parse_documents(std::path::Path::new("in-process.yaml"), &yaml)
         .valid()
         .unwrap()
-    {
-        store.insert(object);
-    }
+        .into_iter()
+        .collect();
     translate(&store, &Settings::new("cluster.local"))
 }
 
@@ -205,40 +203,18 @@ spec:
 /// no privilege. Run unprivileged, they prove it themselves.
 #[test]
 fn the_in_process_tests_need_no_privileges() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    // A copy in a directory anyone may enter (the checkout may not be).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.path().join("in_process");
-    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
-    let run = || {
-        std::process::Command::new(&copy)
-            .args([
-                "outbound_to_inbound",
-                "policy_applies",
-                "--test-threads",
-                "1",
-            ])
-            .current_dir("/")
-            .uid(65534)
-            .gid(65534)
-            .output()
-    };
-    // A child forked by another test thread while the copy was open for writing holds it
-    // until that child execs: the kernel refuses to run the copy (ETXTBSY) meanwhile.
-    let output = mesh_tests::eventually(
-        "the copied test binary to be runnable",
-        Duration::from_secs(5),
-        || match run() {
-            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(err),
-            other => Ok(other),
-        },
+    let output = mesh_tests::process::run_copy_unprivileged(
+        &std::env::current_exe().unwrap(),
+        &[
+            "outbound_to_inbound",
+            "policy_applies",
+            "--test-threads",
+            "1",
+        ],
     )
-    .unwrap()
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(

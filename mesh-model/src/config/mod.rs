@@ -241,6 +241,17 @@ impl ConfigStore {
     }
 }
 
+/// A store holding `objects` (later ones replace earlier ones of the same key).
+impl FromIterator<ConfigObject> for ConfigStore {
+    fn from_iter<I: IntoIterator<Item = ConfigObject>>(objects: I) -> Self {
+        let mut store = ConfigStore::default();
+        for object in objects {
+            store.insert(object);
+        }
+        store
+    }
+}
+
 /// The two fields every Kubernetes document starts with.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

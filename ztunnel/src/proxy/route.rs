@@ -170,13 +170,11 @@ spec: {clusterIP: 10.96.0.11, selector: {app: nothing}, ports: [{port: 80}]}
 "#;
 
     fn plane() -> DataPlane {
-        let mut store = ConfigStore::default();
-        for object in parse_documents(Path::new("c.yaml"), CLUSTER)
+        let store: ConfigStore = parse_documents(Path::new("c.yaml"), CLUSTER)
             .valid()
             .unwrap()
-        {
-            store.insert(object);
-        }
+            .into_iter()
+            .collect();
         translate(&store, &Settings::new("cluster.local"))
     }
 

@@ -8,14 +8,11 @@ fn settings() -> Settings {
 }
 
 fn store(yaml: &str) -> ConfigStore {
-    let mut store = ConfigStore::default();
-    for object in parse_documents(Path::new("test.yaml"), yaml)
+    parse_documents(Path::new("test.yaml"), yaml)
         .valid()
         .unwrap()
-    {
-        store.insert(object);
-    }
-    store
+        .into_iter()
+        .collect()
 }
 
 const CLUSTER: &str = r#"

@@ -242,14 +242,11 @@ fn prefixed(labels: &str) -> String {
 }
 
 fn store(yaml: &str) -> ConfigStore {
-    let mut store = ConfigStore::default();
-    for object in parse_documents(Path::new("binding.yaml"), yaml)
+    parse_documents(Path::new("binding.yaml"), yaml)
         .valid()
         .unwrap()
-    {
-        store.insert(object);
-    }
-    store
+        .into_iter()
+        .collect()
 }
 
 #[test]
