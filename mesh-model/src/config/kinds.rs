@@ -67,8 +67,13 @@ impl KindInfo {
 
 /// A Rust type the registry knows as a kind.
 pub trait Kind: Sized + Clone + 'static {
+    /// Its registry entry (a constant: looking a kind up costs nothing on the hot path).
+    const INFO: KindInfo;
+
     /// Its registry entry.
-    fn info() -> &'static KindInfo;
+    fn info() -> &'static KindInfo {
+        &Self::INFO
+    }
     /// Wraps a shared object.
     fn wrap(object: Arc<Self>) -> ConfigObject;
     /// The object, if `object` is of this kind.
@@ -93,23 +98,19 @@ macro_rules! registry {
         }
 
         /// Every kind the mesh reads.
-        pub const KINDS: &[KindInfo] = &[$(
-            KindInfo {
-                name: $name,
-                kind: $kind,
-                group: $group,
-                versions: &[$($version),+],
-                namespaced: $namespaced,
-                interest: Interest::$interest,
-                read_as: ReadAs::$read_as,
-            },
-        )+];
+        pub const KINDS: &[KindInfo] = &[$( <$ty as Kind>::INFO, )+];
 
         $(
             impl Kind for $ty {
-                fn info() -> &'static KindInfo {
-                    KindInfo::named($name).expect("every registered kind is in KINDS")
-                }
+                const INFO: KindInfo = KindInfo {
+                    name: $name,
+                    kind: $kind,
+                    group: $group,
+                    versions: &[$($version),+],
+                    namespaced: $namespaced,
+                    interest: Interest::$interest,
+                    read_as: ReadAs::$read_as,
+                };
                 fn wrap(object: Arc<Self>) -> ConfigObject {
                     ConfigObject::$variant(object)
                 }
@@ -305,8 +306,8 @@ impl ConfigObject {
         let meta = self.metadata();
         super::ObjectKey {
             kind: self.kind(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
         }
     }
 

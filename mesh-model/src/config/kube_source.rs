@@ -142,8 +142,8 @@ fn apply(
                 tracing::warn!(error = %rejected.error, "Kubernetes object rejected");
                 let key = rejected.key.clone().unwrap_or_else(|| ObjectKey {
                     kind,
-                    namespace: String::new(),
-                    name: rejected.error.file.display().to_string(),
+                    namespace: "".into(),
+                    name: rejected.error.file.display().to_string().into(),
                 });
                 let Rejected {
                     error, stand_in, ..

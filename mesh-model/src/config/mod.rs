@@ -103,15 +103,16 @@ pub async fn watch(
     }
 }
 
-/// Identifies an object: kind, namespace (empty for cluster-scoped), name.
+/// Identifies an object: kind, namespace (empty for cluster-scoped), name. The strings are
+/// shared, so copying a store (a snapshot, the translator's last one) allocates no keys.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     /// `Pod`, `Service`, ...
     pub kind: &'static str,
     /// Namespace; empty for Namespaces and Nodes.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl std::fmt::Display for ObjectKey {
@@ -175,8 +176,8 @@ impl ConfigStore {
     pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
         let key = ObjectKey {
             kind: K::info().name,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         };
         self.objects.get(&key).and_then(K::get)
     }
@@ -186,8 +187,8 @@ impl ConfigStore {
         let kind = K::info().name;
         let start = ObjectKey {
             kind,
-            namespace: String::new(),
-            name: String::new(),
+            namespace: "".into(),
+            name: "".into(),
         };
         self.objects
             .range(start..)

@@ -95,14 +95,15 @@ impl Outline {
         Some(ObjectKey {
             kind,
             namespace: if cluster_scoped {
-                String::new()
+                "".into()
             } else {
                 self.metadata
                     .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into())
+                    .as_deref()
+                    .unwrap_or("default")
+                    .into()
             },
-            name,
+            name: name.into(),
         })
     }
 
@@ -110,8 +111,8 @@ impl Outline {
     pub(crate) fn stand_in(&self, kind: &'static str) -> Option<ConfigObject> {
         let key = self.key(kind)?;
         let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(key.name),
-            namespace: Some(key.namespace),
+            name: Some(key.name.to_string()),
+            namespace: Some(key.namespace.to_string()),
             ..Default::default()
         };
         let selector = self.spec.as_ref().and_then(|s| s.selector.clone());

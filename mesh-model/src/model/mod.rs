@@ -24,17 +24,18 @@ use crate::policy::CompiledPolicy;
 use mesh_core::identity::Identity;
 
 /// `namespace/name` of a namespaced object, the model's key for workloads and services.
+/// Shared strings, so copying the model's indices on a change allocates no keys.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamespacedName {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl NamespacedName {
     /// `namespace/name`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         NamespacedName {
             namespace: namespace.into(),
             name: name.into(),
@@ -78,7 +79,7 @@ pub struct Workload {
 impl Workload {
     /// `namespace/name`.
     pub fn key(&self) -> NamespacedName {
-        NamespacedName::new(&self.namespace, &self.name)
+        NamespacedName::new(self.namespace.as_str(), self.name.as_str())
     }
 }
 
@@ -143,7 +144,7 @@ impl Service {
 
     /// `namespace/name`.
     pub fn key(&self) -> NamespacedName {
-        NamespacedName::new(&self.namespace, &self.name)
+        NamespacedName::new(self.namespace.as_str(), self.name.as_str())
     }
 
     /// The service port `port`, if it exposes it.

@@ -124,7 +124,7 @@ fn update(
     let mut services = BTreeSet::new();
     let mut policies = false;
     for key in changed {
-        let name = NamespacedName::new(&key.namespace, &key.name);
+        let name = NamespacedName::new(&*key.namespace, &*key.name);
         match key.kind {
             "Pod" => {
                 pods.insert(name);
@@ -136,7 +136,7 @@ fn update(
                 for store in [old, new] {
                     let slice = store.get::<discovery::EndpointSlice>(&key.namespace, &key.name);
                     if let Some(service) = slice.and_then(|s| slice_service(s)) {
-                        services.insert(NamespacedName::new(&key.namespace, service));
+                        services.insert(NamespacedName::new(&*key.namespace, service));
                     }
                 }
             }
@@ -276,7 +276,7 @@ fn in_namespace<'a, T>(
     namespace: &'a str,
 ) -> impl Iterator<Item = &'a T> {
     map.range(NamespacedName::new(namespace, "")..)
-        .take_while(move |(key, _)| key.namespace == namespace)
+        .take_while(move |(key, _)| &*key.namespace == namespace)
         .map(|(_, value)| value)
 }
 

@@ -167,7 +167,7 @@ impl Waypoint {
 
     fn admits(&self, namespace: &str, namespace_labels: &BTreeMap<String, String>) -> bool {
         match &self.attachment {
-            Attachment::Same => self.gateway.namespace == namespace,
+            Attachment::Same => &*self.gateway.namespace == namespace,
             Attachment::All => true,
             Attachment::Selector(selector) => selector_matches(selector, namespace_labels),
             Attachment::Nobody => false,

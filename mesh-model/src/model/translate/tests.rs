@@ -166,8 +166,8 @@ fn apply(store: &mut ConfigStore, yaml: &str, remove: &[(&'static str, &str, &st
     for (kind, namespace, name) in remove {
         store.remove(&ObjectKey {
             kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: (*namespace).into(),
+            name: (*name).into(),
         });
     }
 }
