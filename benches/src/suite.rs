@@ -267,12 +267,19 @@ fn rss_mib(pids: &[i32]) -> BenchResult<f64> {
     Ok(max)
 }
 
+/// How long the mesh rests after start before its idle memory is read: one period of
+/// ztunnel's heap trim (`--memory-trim-seconds`, 10 s) and a margin.
+const IDLE_SETTLE: Duration = Duration::from_secs(12);
+
 /// Runs the whole plan on a fresh benchmark cluster.
 pub fn run(plan: &Plan) -> BenchResult<Results> {
     raise_file_limit();
     progress("building the cluster and starting the mesh");
     let bench = BenchCluster::start().map_err(|e| e.to_string())?;
     let ztunnels = ztunnel_pids(&bench);
+    // Idle means at rest: after ztunnel's heap trim has run once since start (it runs every
+    // 10 s), not with the start-up's garbage (config parsing, first handshakes) still held.
+    std::thread::sleep(IDLE_SETTLE);
     let idle_rss = ztunnels
         .iter()
         .map(|&pid| procstat::rss_kib(pid).map(|k| k as f64 / 1024.0))
