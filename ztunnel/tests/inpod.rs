@@ -133,3 +133,40 @@ fn draining_refuses_new_connections_and_lets_live_ones_finish() {
             .unwrap();
     });
 }
+
+/// A pod relabeled after its proxy started is judged by its new labels: policies select
+/// the workload as the current configuration has it, not as it was when captured.
+#[test]
+fn policies_select_a_pod_by_its_current_labels() {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1 as core;
+    use mesh_model::config::{ConfigObject, parse_documents};
+    let cluster = cluster();
+    cluster
+        .pod("server")
+        .serve(["http-echo", "--listen", "0.0.0.0:8080"])
+        .unwrap();
+    let mesh = Mesh::start(&cluster);
+    let server = SocketAddr::from((cluster.pod("server").ip(), 8080));
+    assert_eq!(get(&cluster, "client", server).unwrap().pod, "server");
+
+    let mut pod = mesh
+        .base
+        .get::<core::Pod>("shop", "server")
+        .unwrap()
+        .as_ref()
+        .clone();
+    pod.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("tier".into(), "locked".into());
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-locked, namespace: shop}\nspec:\n  selector: {matchLabels: {tier: locked}}\n  action: DENY\n  rules: [{}]\n";
+    let mut objects = parse_documents(std::path::Path::new("deny.yaml"), deny)
+        .valid()
+        .unwrap();
+    objects.push(ConfigObject::Pod(Arc::new(pod)));
+    mesh.set_objects(objects);
+    let denied = get(&cluster, "client", server);
+    assert!(denied.is_err(), "the relabeled pod is selected: {denied:?}");
+}

@@ -58,11 +58,6 @@ impl KindInfo {
     pub fn find(group: &str, kind: &str) -> Option<&'static KindInfo> {
         KINDS.iter().find(|k| k.group == group && k.kind == kind)
     }
-
-    /// The registry entry the store names `name`.
-    pub fn named(name: &str) -> Option<&'static KindInfo> {
-        KINDS.iter().find(|k| k.name == name)
-    }
 }
 
 /// A Rust type the registry knows as a kind.

@@ -204,14 +204,11 @@ impl DataPlane {
     /// The service a connection that arrived at `workload` on `port` was most likely
     /// addressed to: the source ztunnel picked the endpoint, so the destination sees only
     /// the pod's address. Of the workload's services, the first (by key) with a port whose
-    /// target on this workload is `port`, as Istio's ztunnel guesses. The workload is read
-    /// from this version of the model (its named ports may have changed since `workload`).
+    /// target on this workload is `port`, as Istio's ztunnel guesses.
     pub fn inbound_service(&self, workload: &Workload, port: u16) -> Option<&Arc<Service>> {
-        let key = workload.key();
-        let current = self.workloads.get(&key).map_or(workload, |w| &**w);
         self.services_by_workload
-            .get(&key)?
+            .get(&workload.key())?
             .iter()
-            .find(|s| s.ports.iter().any(|p| p.target_on(current) == Some(port)))
+            .find(|s| s.ports.iter().any(|p| p.target_on(workload) == Some(port)))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mesh_core::drain::{DrainWatch, accept_until_drained};
 use mesh_core::hbone::{InboundTunnel, headers};
 use mesh_model::config::istio::MtlsMode;
-use mesh_model::model::DataPlane;
+use mesh_model::model::{DataPlane, Workload};
 use mesh_model::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,17 +24,18 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
     let peer = tunnel.peer().clone();
     let mut record = Record::new(Direction::Inbound, peer.addr, target);
     record.mode = "hbone";
-    record.src_identity = Some(peer.identity.to_string());
-    record.dst_identity = Some(pod.workload.identity.to_string());
     record.forwarded_for = tunnel
         .headers()
         .get(headers::FORWARDED)
         .and_then(headers::parse_forwarded_for);
     let plane = pod.state.plane();
-    let upstream = match admit_tunnel(&pod, &plane, &tunnel).await {
+    let workload = current(&pod, &plane);
+    let upstream = match admit_tunnel(&pod, workload, &plane, &tunnel).await {
         Ok(upstream) => upstream,
         Err(error) => {
             count_refusal(&pod, "inbound", &error);
+            record.src_identity = Some(peer.identity.to_string());
+            record.dst_identity = Some(workload.identity.to_string());
             let status = record.fail(error).status();
             return tunnel.reject(status);
         }
@@ -57,7 +58,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         source_workload_namespace: peer.identity.namespace().to_string(),
         source_principal: peer.identity.to_string(),
         connection_security_policy: "mutual_tls".into(),
-        ..destination_labels(&pod, &plane, target.port())
+        ..destination_labels(workload, &plane, target.port())
     };
     record.open(&pod.state.metrics, labels);
     let _ = mesh_core::hbone::splice_metered(&upstream, downstream, &record).await;
@@ -68,6 +69,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
 /// tunnel that closes at once).
 async fn admit_tunnel(
     pod: &PodContext,
+    workload: &Workload,
     plane: &DataPlane,
     tunnel: &InboundTunnel,
 ) -> Result<TcpStream, ProxyError> {
@@ -85,7 +87,7 @@ async fn admit_tunnel(
         dst_ip: target.ip(),
         dst_port: target.port(),
     };
-    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
+    let decision = policy::authorize(&plane.authorization_policies, workload, &conn);
     if !decision.is_allowed() {
         return Err(ProxyError::Denied(decision));
     }
@@ -122,12 +124,13 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
     };
     let mut record = Record::new(Direction::Inbound, peer, target);
     record.mode = "plaintext";
-    record.dst_identity = Some(pod.workload.identity.to_string());
     let plane = pod.state.plane();
-    let mut upstream = match admit_plaintext(&pod, &plane, peer, target).await {
+    let workload = current(&pod, &plane);
+    let mut upstream = match admit_plaintext(&pod, workload, &plane, peer, target).await {
         Ok(upstream) => upstream,
         Err(error) => {
             count_refusal(&pod, "inbound_plaintext", &error);
+            record.dst_identity = Some(workload.identity.to_string());
             record.fail(error);
             return;
         }
@@ -140,7 +143,7 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
         source_workload_namespace: source.map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
         source_principal: "unknown".into(),
         connection_security_policy: "none".into(),
-        ..destination_labels(&pod, &plane, target.port())
+        ..destination_labels(workload, &plane, target.port())
     };
     record.open(&pod.state.metrics, labels);
     let _ = tokio::io::copy_bidirectional(&mut record.count(&mut downstream), &mut upstream).await;
@@ -148,6 +151,7 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
 
 async fn admit_plaintext(
     pod: &PodContext,
+    workload: &Workload,
     plane: &DataPlane,
     peer: SocketAddr,
     target: SocketAddr,
@@ -155,8 +159,7 @@ async fn admit_plaintext(
     if pod.sockets.is_own_listener(target, &pod.workload.ips) {
         return Err(ProxyError::Loop);
     }
-    let mode =
-        policy::peer_authentication(&plane.peer_authentications, &pod.workload, target.port());
+    let mode = policy::peer_authentication(&plane.peer_authentications, workload, target.port());
     if mode == MtlsMode::Strict {
         return Err(ProxyError::PlaintextRefused);
     }
@@ -166,7 +169,7 @@ async fn admit_plaintext(
         dst_ip: target.ip(),
         dst_port: target.port(),
     };
-    let decision = policy::authorize(&plane.authorization_policies, &pod.workload, &conn);
+    let decision = policy::authorize(&plane.authorization_policies, workload, &conn);
     if !decision.is_allowed() {
         return Err(ProxyError::Denied(decision));
     }
@@ -175,15 +178,27 @@ async fn admit_plaintext(
         .map_err(ProxyError::AppUnreachable)
 }
 
+/// This pod as the current model has it: its labels (which policies select) and named
+/// ports may have changed since its proxy started. Looked up by address, so no allocation.
+fn current<'a>(pod: &'a PodContext, plane: &'a DataPlane) -> &'a Workload {
+    let started = &pod.workload;
+    pod.workload
+        .ips
+        .first()
+        .and_then(|ip| plane.workload(*ip))
+        .filter(|w| w.name == started.name && w.namespace == started.namespace)
+        .map_or(&**started, |w| &**w)
+}
+
 /// The destination half of the labels: this pod, and the service the connection was most
 /// likely addressed to (the source picked this pod as one of its endpoints).
-fn destination_labels(pod: &PodContext, plane: &DataPlane, port: u16) -> TcpLabels {
+fn destination_labels(workload: &Workload, plane: &DataPlane, port: u16) -> TcpLabels {
     TcpLabels {
-        destination_workload: pod.workload.name.clone(),
-        destination_workload_namespace: pod.workload.namespace.clone(),
-        destination_principal: pod.workload.identity.to_string(),
+        destination_workload: workload.name.clone(),
+        destination_workload_namespace: workload.namespace.clone(),
+        destination_principal: workload.identity.to_string(),
         destination_service: plane
-            .inbound_service(&pod.workload, port)
+            .inbound_service(workload, port)
             .map_or_else(|| "unknown".into(), |s| s.hostname.clone()),
         request_protocol: "tcp".into(),
         response_flags: "-".into(),

@@ -50,8 +50,8 @@ async fn serve(pod: Arc<PodContext>, downstream: TcpStream) {
         }
     };
     let mut record = Record::new(Direction::Outbound, src, dst);
-    record.src_identity = Some(pod.workload.identity.to_string());
     if let Err(error) = proxy(&pod, downstream, src, dst, &mut record).await {
+        record.src_identity = Some(pod.workload.identity.to_string());
         match &error {
             ProxyError::Loop => pod.state.metrics.refused("outbound", RefusalReason::Loop),
             ProxyError::PendingConnects => pod
@@ -110,7 +110,6 @@ async fn proxy(
             drop(connecting);
             let upstream = connected.map_err(|e| ProxyError::Tunnel(e.to_string()))?;
             ProxyStats::bump(&pod.stats.outbound_hbone);
-            record.dst_identity = Some(workload.identity.to_string());
             let labels = TcpLabels {
                 destination_workload: workload.name.clone(),
                 destination_workload_namespace: workload.namespace.clone(),

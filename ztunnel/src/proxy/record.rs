@@ -101,7 +101,8 @@ pub(super) struct Record {
     src: SocketAddr,
     dst: SocketAddr,
     started: Instant,
-    /// Set once the peer's identity (inbound) or the destination's (outbound) is known.
+    /// The identities, for the log line of a connection that failed before it was opened
+    /// (an opened one logs its labels' principals; nothing is formatted twice).
     pub(super) src_identity: Option<String>,
     pub(super) dst_identity: Option<String>,
     pub(super) forwarded_for: Option<IpAddr>,
@@ -204,8 +205,16 @@ impl Drop for Record {
             open.metrics.closed(&open.labels);
         }
         let (src, dst, mode) = (self.src, self.dst, self.mode);
-        let src_identity = self.src_identity.as_deref().unwrap_or("-");
-        let dst_identity = self.dst_identity.as_deref().unwrap_or("-");
+        let (src_identity, dst_identity) = match &self.open {
+            Some(open) => (
+                open.labels.source_principal.as_str(),
+                open.labels.destination_principal.as_str(),
+            ),
+            None => (
+                self.src_identity.as_deref().unwrap_or("-"),
+                self.dst_identity.as_deref().unwrap_or("-"),
+            ),
+        };
         let service = self
             .open
             .as_ref()
