@@ -343,7 +343,7 @@ fn parse_dynamic(
             stand_in: outline.stand_in(kind),
         })
     };
-    let object = ConfigObject::from_json(info, value.clone())
+    let object = ConfigObject::from_json(info, &value)
         .map_err(reject)?
         .with_default_namespace();
     match super::rejection::unenforceable(&object) {

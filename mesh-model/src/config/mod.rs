@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
-use serde::Deserialize;
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,16 +252,6 @@ impl FromIterator<ConfigObject> for ConfigStore {
     }
 }
 
-/// The two fields every Kubernetes document starts with.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypeMeta {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-}
-
 /// What parsing a file produced.
 #[derive(Debug, Default)]
 pub struct Parsed {
@@ -307,8 +296,10 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
             object,
             reason,
         };
-        let meta: TypeMeta = match serde_saphyr::from_str(document) {
-            Ok(meta) => meta,
+        // A YAML document becomes JSON first, as `kubectl apply` sends it, and is then
+        // decoded as the API source decodes what the server holds.
+        let written: serde_json::Value = match serde_saphyr::from_str(document) {
+            Ok(written) => written,
             Err(e) => {
                 parsed.rejected.push(Rejected {
                     error: error(None, e.to_string()),
@@ -318,7 +309,8 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
                 continue;
             }
         };
-        let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
+        let text_field = |name: &str| written.get(name).and_then(serde_json::Value::as_str);
+        let (Some(api_version), Some(kind)) = (text_field("apiVersion"), text_field("kind")) else {
             parsed.rejected.push(Rejected {
                 error: error(None, "apiVersion and kind are required".into()),
                 key: None,
@@ -326,13 +318,13 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
             });
             continue;
         };
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-        let Some(info) = KindInfo::find(group, &kind) else {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let Some(info) = KindInfo::find(group, kind) else {
             parsed.skipped.push(format!("{api_version} {kind}"));
             continue;
         };
         let known_kind = info.name;
-        match parse_known(info, version, document) {
+        match parse_known(info, version, &written) {
             Ok(object) => {
                 let object = object.with_default_namespace();
                 let described = object.key().to_string();
@@ -343,7 +335,7 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
                         stand_in: None,
                     });
                 } else if let Some(reason) = rejection::unenforceable(&object) {
-                    let outline = rejection::Outline::from_yaml(document);
+                    let outline = rejection::Outline::from_json(&written);
                     parsed.rejected.push(Rejected {
                         error: error(Some(described), reason),
                         key: Some(object.key()),
@@ -354,7 +346,7 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
                 }
             }
             Err(reason) => {
-                let outline = rejection::Outline::from_yaml(document);
+                let outline = rejection::Outline::from_json(&written);
                 let key = outline.key(known_kind);
                 parsed.rejected.push(Rejected {
                     error: error(key.as_ref().map(ToString::to_string), reason),
@@ -370,8 +362,12 @@ pub fn parse_documents(file: &Path, text: &str) -> Parsed {
     parsed
 }
 
-/// One document of a kind the mesh reads, in one of the versions it reads.
-fn parse_known(info: &KindInfo, version: &str, document: &str) -> Result<ConfigObject, String> {
+/// One document (as JSON) of a kind the mesh reads, in one of the versions it reads.
+fn parse_known(
+    info: &KindInfo,
+    version: &str,
+    written: &serde_json::Value,
+) -> Result<ConfigObject, String> {
     if !info.versions.contains(&version) {
         return Err(format!(
             "{}: unsupported apiVersion version {version:?} (this mesh reads {})",
@@ -379,14 +375,13 @@ fn parse_known(info: &KindInfo, version: &str, document: &str) -> Result<ConfigO
             info.versions.join(", ")
         ));
     }
-    let object = ConfigObject::from_yaml(info, document)?;
+    let object =
+        ConfigObject::from_json(info, written).map_err(|e| format!("{}: {e}", info.kind))?;
     if info.read_as == kinds::ReadAs::Typed {
         // The k8s-openapi types ignore fields they do not know; the mesh's own types refuse
         // them. Compare what was written with what was understood, so a typo in a core kind
         // (`selctor:`) is reported too, as `kubectl apply` (strict field validation) does.
-        let written: serde_json::Value = serde_saphyr::from_str(document)
-            .map_err(|e: serde_saphyr::Error| format!("{}: {e}", info.kind))?;
-        if let Some(path) = first_unknown_field(&written, &object.to_json(), "") {
+        if let Some(path) = first_unknown_field(written, &object.to_json(), "") {
             return Err(format!("{}: unknown field `{path}`", info.kind));
         }
     }

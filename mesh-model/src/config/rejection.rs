@@ -68,17 +68,7 @@ struct MetaOnly {
 }
 
 impl Outline {
-    /// The outline of a YAML document (the selector is dropped if it is what is broken).
-    pub(crate) fn from_yaml(document: &str) -> Outline {
-        serde_saphyr::from_str(document).unwrap_or_else(|_| Outline {
-            metadata: serde_saphyr::from_str::<MetaOnly>(document)
-                .map(|m| m.metadata)
-                .unwrap_or_default(),
-            spec: None,
-        })
-    }
-
-    /// The outline of an object from the API server.
+    /// The outline of an object as JSON (from the API server, or a file's document).
     pub(crate) fn from_json(value: &serde_json::Value) -> Outline {
         Outline::deserialize(value).unwrap_or_else(|_| Outline {
             metadata: MetaOnly::deserialize(value)

@@ -270,21 +270,22 @@ fn every_object_of_the_seed_lecture_parses() {
     );
 }
 
-/// A typo in an L7 kind is reported by field, like in the security kinds.
+/// A typo in an L7 kind is reported by its path from the document's root, like in the
+/// security kinds.
 #[test]
 fn a_typo_in_a_route_is_reported_by_field() {
     for (text, field) in [
         (
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}, wieght: 10}]\n",
-            "wieght",
+            "spec.http[0].route[0].wieght: unknown field `wieght`",
         ),
         (
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{name: web, kind: Service, group: \"\"}]\n  rules:\n  - backendRefs: [{name: web, port: 80, wieght: 1}]\n",
-            "wieght",
+            "spec.rules[0].backendRefs[0].wieght: unknown field `wieght`",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr, namespace: shop}\nspec:\n  host: web\n  trafficPolicy: {outlierDetection: {consecutive5xxErors: 5}}\n",
-            "consecutive5xxErors",
+            "spec.trafficPolicy.outlierDetection.consecutive5xxErors: unknown field",
         ),
     ] {
         let parsed = parse_documents(Path::new("routes.yaml"), text);
