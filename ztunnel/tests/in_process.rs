@@ -199,6 +199,61 @@ spec:
     );
 }
 
+/// Every line logged while serving a connection (its access-log line too) names it: the
+/// connection's task runs in a `connection` span with the listener, source and destination.
+#[tokio::test]
+async fn lines_logged_for_a_connection_name_it() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    // Process-wide, not scoped to this thread: tracing caches whether a call site is enabled
+    // once for all threads, so a scoped subscriber misses call sites a parallel test reached
+    // first. The other tests' lines land here too; this one's are told apart by its pods.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let pods = pods();
+    let mesh = start(&pods, cluster(&pods, "")).await;
+    let vip = SocketAddr::from(([10, 96, 0, 10], 80));
+    assert_eq!(mesh.echo(vip, b"hello").await.unwrap(), b"hello");
+
+    let access_line_in = |listener: &str, dst: &str| {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        text.lines().any(|line| {
+            line.contains("connection{")
+                && line.contains(listener)
+                && line.contains(&format!("src={}:", pods.client))
+                && line.contains(&format!("dst={dst}"))
+                && line.contains(" access: ")
+        })
+    };
+    let server = format!("{}:8080", pods.server);
+    for _ in 0..100 {
+        if access_line_in("outbound", "10.96.0.10:80") && access_line_in("inbound_hbone", &server) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no access lines inside the connection spans:\n{}",
+        String::from_utf8_lossy(&captured.0.lock().unwrap())
+    );
+}
+
 /// The tests above, run again as user 65534 when this runs as root (CI does): they need
 /// no privilege. Run unprivileged, they prove it themselves.
 #[test]

@@ -9,6 +9,7 @@ use mesh_model::config::istio::MtlsMode;
 use mesh_model::model::{DataPlane, Workload};
 use mesh_model::policy::{self, Connection};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use super::record::{Direction, ProxyError, Record};
 use super::{PodContext, ProxyStats};
@@ -111,7 +112,8 @@ fn count_refusal(pod: &PodContext, listener: &'static str, error: &ProxyError) {
 /// Accepts TPROXYed plaintext connections until the proxy drains.
 pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, drain: DrainWatch) {
     accept_until_drained(listener, &drain, "inbound plaintext", |stream, peer| {
-        Some(serve_plaintext(pod.clone(), stream, peer))
+        let span = super::connection_span("inbound_plaintext", peer);
+        Some(serve_plaintext(pod.clone(), stream, peer).instrument(span))
     })
     .await;
 }
@@ -122,6 +124,7 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
     let Ok(target) = downstream.local_addr() else {
         return;
     };
+    tracing::Span::current().record("dst", tracing::field::display(target));
     let mut record = Record::new(Direction::Inbound, peer, target);
     record.mode = "plaintext";
     let plane = pod.state.plane();

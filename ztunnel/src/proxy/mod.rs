@@ -32,6 +32,7 @@ use mesh_core::tls::{self, ManagedCertResolver};
 use mesh_model::model::{DataPlane, Workload};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use sockets::PodSockets;
 
@@ -41,6 +42,13 @@ pub use mesh_core::inpod::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 /// mesh) may take: a destination that drops SYNs would otherwise hold both of the
 /// connection's descriptors for the kernel's two minutes of retries.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The span a connection's task runs in (debug level: free unless debug logging is on),
+/// so every line logged while serving it names the connection; `dst` is recorded once
+/// known (the original destination, or the tunnel's target).
+fn connection_span(listener: &'static str, src: SocketAddr) -> tracing::Span {
+    tracing::debug_span!("connection", listener, %src, dst = tracing::field::Empty)
+}
 
 /// Connects from inside the pod (marked, optionally from `src`), within
 /// [`UPSTREAM_CONNECT_TIMEOUT`].
@@ -208,7 +216,11 @@ impl WorkloadProxy {
         ));
         let server_config = tls::server_config(resolver, cert.roots(), &state.trust_domain)?;
         let handler_context = context.clone();
-        let handler = move |tunnel| inbound::serve_hbone(handler_context.clone(), tunnel);
+        let handler = move |tunnel: mesh_core::hbone::InboundTunnel| {
+            let span = connection_span("inbound_hbone", tunnel.peer().addr);
+            span.record("dst", tracing::field::display(tunnel.target()));
+            inbound::serve_hbone(handler_context.clone(), tunnel).instrument(span)
+        };
         let server = HboneServer::new(hbone, server_config, handler, ServerSettings::default());
         // One drain for the pod's three listeners and all their connections.
         let (drain, watch) = mesh_core::drain::new();

@@ -8,6 +8,7 @@ use http::HeaderMap;
 use mesh_core::drain::{DrainWatch, accept_until_drained};
 use mesh_core::hbone::{ConnectRequest, headers};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use super::record::{Direction, ProxyError, Record};
 use super::route::{Upstream, route};
@@ -29,8 +30,8 @@ fn source_labels(pod: &PodContext) -> TcpLabels {
 
 /// Accepts redirected connections until the proxy drains.
 pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener, drain: DrainWatch) {
-    accept_until_drained(listener, &drain, "outbound", |stream, _| {
-        Some(serve(pod.clone(), stream))
+    accept_until_drained(listener, &drain, "outbound", |stream, peer| {
+        Some(serve(pod.clone(), stream).instrument(super::connection_span("outbound", peer)))
     })
     .await;
 }
@@ -49,6 +50,7 @@ async fn serve(pod: Arc<PodContext>, downstream: TcpStream) {
             return;
         }
     };
+    tracing::Span::current().record("dst", tracing::field::display(dst));
     let mut record = Record::new(Direction::Outbound, src, dst);
     if let Err(error) = proxy(&pod, downstream, src, dst, &mut record).await {
         record.src_identity = Some(pod.workload.identity.to_string());
