@@ -13,6 +13,8 @@
 //! `ztunnel_config_rejected_objects` is how many configuration objects the current
 //! configuration holds that could not be used as written (alert on it being above 0).
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -62,9 +64,34 @@ struct RefusalLabels {
     reason: &'static str,
 }
 
+/// One label set's four TCP counters, fetched once and shared by every connection with
+/// those labels: a connection holds one `Arc` (not its own copy of eleven label strings),
+/// and the labels are hashed once per connection, not once per counter.
+#[derive(Debug)]
+pub struct TcpSeries {
+    /// The labels, for the access log.
+    pub labels: TcpLabels,
+    opened: Counter,
+    closed: Counter,
+    /// Bytes towards the destination.
+    pub sent: Counter,
+    /// Bytes back from the destination.
+    pub received: Counter,
+}
+
+impl TcpSeries {
+    /// Counts one of its connections as closed.
+    pub fn closed(&self) {
+        self.closed.inc();
+    }
+}
+
 /// The registry and the four TCP families.
 pub struct Metrics {
     registry: Registry,
+    /// The TCP label sets seen, with their counters. Grows like the families themselves
+    /// (one entry per label set, never removed), so it bounds nothing new.
+    series: std::sync::RwLock<std::collections::HashMap<TcpLabels, Arc<TcpSeries>>>,
     refused: Family<RefusalLabels, Counter>,
     rejected_config: Gauge,
     opened: Family<TcpLabels, Counter>,
@@ -114,6 +141,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            series: Default::default(),
             refused,
             rejected_config,
             opened,
@@ -125,19 +153,34 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a connection as opened; returns its byte counters (towards the destination,
-    /// from it), fetched once so the connection adds to them as bytes pass.
-    pub fn opened(&self, labels: &TcpLabels) -> (Counter, Counter) {
-        self.opened.get_or_create(labels).inc();
-        (
-            self.sent.get_or_create(labels).clone(),
-            self.received.get_or_create(labels).clone(),
-        )
-    }
-
-    /// Counts a connection as closed.
-    pub fn closed(&self, labels: &TcpLabels) {
-        self.closed.get_or_create(labels).inc();
+    /// Counts a connection as opened under `labels`; returns the label set's counters for
+    /// it to add bytes to as they pass and to count its close.
+    pub fn opened(&self, labels: TcpLabels) -> Arc<TcpSeries> {
+        let known = self
+            .series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&labels)
+            .cloned();
+        let series = match known {
+            Some(series) => series,
+            None => {
+                let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
+                all.entry(labels)
+                    .or_insert_with_key(|labels| {
+                        Arc::new(TcpSeries {
+                            opened: self.opened.get_or_create(labels).clone(),
+                            closed: self.closed.get_or_create(labels).clone(),
+                            sent: self.sent.get_or_create(labels).clone(),
+                            received: self.received.get_or_create(labels).clone(),
+                            labels: labels.clone(),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        series.opened.inc();
+        series
     }
 
     /// Counts a connection refused on `listener` (`outbound`, `inbound`,
@@ -180,15 +223,20 @@ mod tests {
             request_protocol: "tcp".into(),
             ..Default::default()
         };
-        let (sent, received) = metrics.opened(&labels);
-        sent.inc_by(41);
-        received.inc_by(287);
-        metrics.closed(&labels);
+        let series = metrics.opened(labels.clone());
+        series.sent.inc_by(41);
+        series.received.inc_by(287);
+        series.closed();
+        // A second connection with the same labels shares the series.
+        let again = metrics.opened(labels);
+        assert!(Arc::ptr_eq(&series, &again));
+        again.closed();
         metrics.refused("outbound", RefusalReason::Loop);
         metrics.set_rejected_config(2);
         let text = metrics.encode();
         for needle in [
             "istio_tcp_connections_opened_total{reporter=\"destination\"",
+            "istio_tcp_connections_closed_total{reporter=\"destination\"",
             "connection_security_policy=\"mutual_tls\"",
             "source_principal=\"spiffe://cluster.local/ns/shop/sa/web\"",
             "istio_tcp_connections_closed_total{",
@@ -198,10 +246,16 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("istio_tcp_received_bytes_total{") && l.ends_with(" 287")),
-            "{text}"
-        );
+        for (name, value) in [
+            ("istio_tcp_received_bytes_total{", " 287"),
+            ("istio_tcp_connections_opened_total{", " 2"),
+            ("istio_tcp_connections_closed_total{", " 2"),
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(name) && l.ends_with(value)),
+                "{name}..{value} missing from:\n{text}"
+            );
+        }
     }
 }

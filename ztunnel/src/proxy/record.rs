@@ -15,11 +15,10 @@ use std::time::Instant;
 use http::StatusCode;
 use mesh_core::hbone::Meter;
 use mesh_model::policy::Decision;
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::route::RouteError;
-use crate::metrics::{Metrics, TcpLabels};
+use crate::metrics::{Metrics, TcpLabels, TcpSeries};
 
 /// The `tracing` target of the access log (`RUST_LOG=access=info` keeps just it).
 pub const ACCESS_LOG: &str = "access";
@@ -87,14 +86,6 @@ impl ProxyError {
     }
 }
 
-/// The metric side of an established connection.
-struct Open {
-    metrics: Arc<Metrics>,
-    labels: TcpLabels,
-    sent: Counter,
-    received: Counter,
-}
-
 /// One connection, from accept to close.
 pub(super) struct Record {
     direction: Direction,
@@ -109,7 +100,8 @@ pub(super) struct Record {
     /// How it was carried: `hbone`, `passthrough` (outbound plain TCP) or `plaintext`
     /// (inbound from outside the mesh).
     pub(super) mode: &'static str,
-    open: Option<Open>,
+    /// Its metric series, once established.
+    open: Option<Arc<TcpSeries>>,
     sent: AtomicU64,
     received: AtomicU64,
     error: Option<ProxyError>,
@@ -134,16 +126,10 @@ impl Record {
         }
     }
 
-    /// The connection is established: counts it opened under `labels` and fetches its byte
-    /// counters once.
-    pub(super) fn open(&mut self, metrics: &Arc<Metrics>, labels: TcpLabels) {
-        let (sent, received) = metrics.opened(&labels);
-        self.open = Some(Open {
-            metrics: metrics.clone(),
-            labels,
-            sent,
-            received,
-        });
+    /// The connection is established: counts it opened under `labels` and keeps the
+    /// series' counters to add bytes to.
+    pub(super) fn open(&mut self, metrics: &Metrics, labels: TcpLabels) {
+        self.open = Some(metrics.opened(labels));
     }
 
     /// The connection failed with `error` (logged once, when the record is dropped).
@@ -202,7 +188,7 @@ impl Drop for Record {
             Direction::Inbound => "inbound",
         };
         if let Some(open) = &self.open {
-            open.metrics.closed(&open.labels);
+            open.closed();
         }
         let (src, dst, mode) = (self.src, self.dst, self.mode);
         let (src_identity, dst_identity) = match &self.open {
