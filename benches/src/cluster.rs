@@ -1,9 +1,11 @@
 //! The benchmark cluster: two simulated nodes with the real mesh binaries and real
-//! in-pod redirection, and the four paths a figure is measured on.
+//! in-pod redirection, and the five paths a figure is measured on.
 //!
 //! ```text
-//!   n1: client (mesh), local-server (mesh), direct-client (not in the mesh)
-//!   n2: server (mesh, behind Service mesh/server), direct-server (not in the mesh)
+//!   n1: client (mesh), local-server (mesh), direct-client (not in the mesh),
+//!       tls-relay A (node namespace, beside ztunnel)
+//!   n2: server (mesh, behind Service mesh/server), direct-server (not in the mesh),
+//!       tls-relay B (node namespace)
 //! ```
 //!
 //! Every server pod runs a TCP echo server (request/response, connections) and a TCP sink
@@ -21,6 +23,8 @@ use serde::Serialize;
 pub const ECHO_PORT: u16 = 7000;
 /// The sink's port in every server pod.
 pub const SINK_PORT: u16 = 7001;
+/// The TLS relays listen on the server ports plus this.
+const RELAY_PORT_OFFSET: u16 = 10_000;
 
 /// A way from a client to a server that a figure is measured on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -28,6 +32,9 @@ pub const SINK_PORT: u16 = 7001;
 pub enum Path {
     /// Pod to pod across nodes, no mesh: the baseline.
     Direct,
+    /// Pod to pod across nodes through the two TLS relays: the floor of any mutual-TLS
+    /// tunnel ([`crate::tls_relay`]).
+    TlsRelay,
     /// Through the mesh, client and server on one node.
     MeshSameNode,
     /// Through the mesh across nodes (two ztunnels, one HBONE tunnel).
@@ -37,9 +44,10 @@ pub enum Path {
 }
 
 impl Path {
-    /// Every path, the baseline first.
-    pub const ALL: [Path; 4] = [
+    /// Every path, the baselines first.
+    pub const ALL: [Path; 5] = [
         Path::Direct,
+        Path::TlsRelay,
         Path::MeshSameNode,
         Path::MeshCrossNode,
         Path::MeshVip,
@@ -49,6 +57,7 @@ impl Path {
     pub fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::TlsRelay => "tls-relay",
             Path::MeshSameNode => "mesh-same-node",
             Path::MeshCrossNode => "mesh-cross-node",
             Path::MeshVip => "mesh-vip",
@@ -57,14 +66,14 @@ impl Path {
 
     fn client(self) -> &'static str {
         match self {
-            Path::Direct => "direct-client",
+            Path::Direct | Path::TlsRelay => "direct-client",
             _ => "client",
         }
     }
 
     fn server(self) -> &'static str {
         match self {
-            Path::Direct => "direct-server",
+            Path::Direct | Path::TlsRelay => "direct-server",
             Path::MeshSameNode => "local-server",
             Path::MeshCrossNode | Path::MeshVip => "server",
         }
@@ -74,6 +83,7 @@ impl Path {
 /// The running benchmark cluster.
 pub struct BenchCluster {
     servers: Vec<Arc<Process>>,
+    relays: Vec<Arc<Process>>,
     /// The mesh's processes.
     pub mesh: Mesh,
     /// The simulated cluster (dropped last: it removes everything).
@@ -123,8 +133,10 @@ impl BenchCluster {
             servers.push(pod.serve(["tcp-sink", "--listen", &format!("0.0.0.0:{SINK_PORT}")])?);
         }
         let mesh = Mesh::start(&cluster)?;
+        let relays = start_relays(&cluster)?;
         let bench = BenchCluster {
             servers,
+            relays,
             mesh,
             cluster,
         };
@@ -167,6 +179,10 @@ impl BenchCluster {
 
     fn address(&self, path: Path, port: u16) -> SocketAddr {
         match path {
+            Path::TlsRelay => SocketAddr::from((
+                self.cluster.node("n1").underlay_ip(),
+                port + RELAY_PORT_OFFSET,
+            )),
             Path::MeshVip => SocketAddr::from((self.cluster.service_ip("mesh", "server"), port)),
             _ => SocketAddr::from((self.cluster.pod(path.server()).ip(), port)),
         }
@@ -186,4 +202,45 @@ impl BenchCluster {
     pub fn server_pids(&self) -> Vec<i32> {
         self.servers.iter().map(|p| p.pid()).collect()
     }
+
+    /// Process ids of the two TLS relays.
+    pub fn relay_pids(&self) -> Vec<i32> {
+        self.relays.iter().map(|p| p.pid()).collect()
+    }
+}
+
+/// Relay B on n2 (TLS in, to direct-server's ports) and relay A on n1 (from direct-client,
+/// TLS to B), in the nodes' namespaces like the ztunnels, with the mesh CA's certificates.
+fn start_relays(cluster: &Cluster) -> Result<Vec<Arc<Process>>, HarnessError> {
+    let binary = mesh_tests::apps::workspace_binary("tls-relay")?;
+    let ca_dir = mesh_tests::mesh::ca_dir(cluster).display().to_string();
+    // Each relay listens on the server ports plus the offset and forwards to `to` at
+    // `to_offset` above them.
+    let routes = |to: std::net::Ipv4Addr, to_offset: u16| {
+        [ECHO_PORT, SINK_PORT].into_iter().flat_map(move |port| {
+            let (listen, to_port) = (port + RELAY_PORT_OFFSET, port + to_offset);
+            [
+                "--route".to_string(),
+                format!("0.0.0.0:{listen}={to}:{to_port}"),
+            ]
+        })
+    };
+    let mut relays = Vec::new();
+    for (node, side, to, to_offset) in [
+        ("n2", "--accept", cluster.pod("direct-server").ip(), 0),
+        (
+            "n1",
+            "--connect",
+            cluster.node("n2").underlay_ip(),
+            RELAY_PORT_OFFSET,
+        ),
+    ] {
+        let args = ["--ca-dir".to_string(), ca_dir.clone(), side.to_string()]
+            .into_iter()
+            .chain(routes(to, to_offset));
+        let relay = cluster.node(node).spawn(&binary, args)?;
+        relay.wait_for_stdout(mesh_tests::apps::READY_LINE, Duration::from_secs(10))?;
+        relays.push(relay);
+    }
+    Ok(relays)
 }

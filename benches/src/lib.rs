@@ -6,7 +6,8 @@
 //! * The whole mesh on the simulated cluster (`scripts/bench`, the `mesh-bench` binary):
 //!   [`cluster`] builds it and names the paths, [`load`] drives traffic, [`procstat`]
 //!   reads the mesh's CPU and memory, [`suite`] runs the plan, [`summary`] compares with
-//!   the baseline and the targets, [`publish`] writes JSON, Markdown and [`svg`] charts.
+//!   the baseline and the targets, [`publish`] writes JSON, Markdown and [`svg`] charts;
+//!   [`tls_relay`] is the mutual-TLS floor the mesh is compared with besides direct TCP.
 
 pub mod cluster;
 pub mod load;
@@ -17,3 +18,4 @@ pub mod report;
 pub mod suite;
 pub mod summary;
 pub mod svg;
+pub mod tls_relay;

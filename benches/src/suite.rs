@@ -184,6 +184,11 @@ pub struct Costs {
     pub cpu_seconds_per_1000_requests_all: Stat,
     /// CPU µs of both ztunnels together per new cross-node connection.
     pub cpu_us_per_connection_both_ztunnels: Stat,
+    /// The floor's: CPU µs per request per TLS relay at the first open-loop rate.
+    pub cpu_us_per_request_per_relay: Stat,
+    /// The floor's: CPU µs of both relays per new connection (a TLS handshake each: the
+    /// relays have no tunnel to reuse).
+    pub cpu_us_per_connection_both_relays: Stat,
     /// Resident memory of each ztunnel when idle, MiB (the larger of the two).
     pub idle_rss_mib: f64,
     /// Extra resident memory per idle proxied connection, KiB (the larger ztunnel).
@@ -291,6 +296,8 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
     let mut open: BTreeMap<(Path, u64), LatencySamples> = BTreeMap::new();
     let mut connections: BTreeMap<Path, LatencySamples> = BTreeMap::new();
     let (mut cpu_request, mut cpu_all, mut cpu_connection) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut relay_request, mut relay_connection) = (Vec::new(), Vec::new());
+    let relays = bench.relay_pids();
 
     for repetition in 0..=plan.repetitions {
         let warmup = repetition == 0;
@@ -317,19 +324,23 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
                 closed.entry(path).or_default().push(&run);
             }
             for (index, &rate) in plan.rates.iter().enumerate() {
-                let measure_cpu = index == 0 && path == Path::MeshCrossNode && !warmup;
-                let all = if measure_cpu {
-                    mesh_pids(&bench)
-                } else {
-                    Vec::new()
+                let measure_cpu = index == 0 && !warmup;
+                let all = match path {
+                    Path::MeshCrossNode if measure_cpu => mesh_pids(&bench),
+                    Path::TlsRelay if measure_cpu => relays.clone(),
+                    _ => Vec::new(),
                 };
                 let before = cpu_ns(&all)?;
                 let run = in_client(&bench, path, || {
                     load::open_loop(echo, rate, plan.open_loop_connections, length)
                 })?;
                 let after = cpu_ns(&all)?;
-                if measure_cpu {
-                    let requests = run.histogram.len() as f64;
+                let requests = run.histogram.len() as f64;
+                if measure_cpu && path == Path::TlsRelay {
+                    let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+                    relay_request.push(spent as f64 / relays.len() as f64 / 1000.0 / requests);
+                }
+                if measure_cpu && path == Path::MeshCrossNode {
                     let mut ztunnel_ns = 0.0;
                     let mut all_ns = 0.0;
                     for ((pid, b), a) in all.iter().zip(&before).zip(&after) {
@@ -347,13 +358,20 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
                     open.entry((path, rate as u64)).or_default().push(&run);
                 }
             }
-            let before = cpu_ns(&ztunnels)?;
+            let proxies = match path {
+                Path::TlsRelay => relays.clone(),
+                _ => ztunnels.clone(),
+            };
+            let before = cpu_ns(&proxies)?;
             let run = in_client(&bench, path, || load::connections(echo, length))?;
-            let after = cpu_ns(&ztunnels)?;
+            let after = cpu_ns(&proxies)?;
             if !warmup {
-                if path == Path::MeshCrossNode {
-                    let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-                    cpu_connection.push(spent as f64 / 1000.0 / run.histogram.len() as f64);
+                let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+                let per_connection = spent as f64 / 1000.0 / run.histogram.len() as f64;
+                match path {
+                    Path::MeshCrossNode => cpu_connection.push(per_connection),
+                    Path::TlsRelay => relay_connection.push(per_connection),
+                    _ => {}
                 }
                 connections.entry(path).or_default().push(&run);
             }
@@ -387,6 +405,8 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
     costs.cpu_us_per_request_per_ztunnel = Stat::of(cpu_request);
     costs.cpu_seconds_per_1000_requests_all = Stat::of(cpu_all);
     costs.cpu_us_per_connection_both_ztunnels = Stat::of(cpu_connection);
+    costs.cpu_us_per_request_per_relay = Stat::of(relay_request);
+    costs.cpu_us_per_connection_both_relays = Stat::of(relay_connection);
 
     Ok(Results {
         date: now_utc(),

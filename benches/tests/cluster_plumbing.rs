@@ -31,6 +31,8 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
     let costs = &results.costs;
     assert!(costs.cpu_us_per_request_per_ztunnel.median > 0.0);
     assert!(costs.cpu_us_per_connection_both_ztunnels.median > 0.0);
+    assert!(costs.cpu_us_per_request_per_relay.median > 0.0);
+    assert!(costs.cpu_us_per_connection_both_relays.median > 0.0);
     assert!(costs.idle_rss_mib > 1.0 && costs.peak_rss_mib >= costs.idle_rss_mib);
     assert_eq!(costs.idle_connections, plan.idle_connections);
     assert_eq!(results.pinned_open_loop.len(), 2);
@@ -39,7 +41,10 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
     let (written, markdown) = mesh_benches::publish::write(&results, dir.path()).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap()).unwrap();
-    assert_eq!(json["results"]["paths"].as_object().unwrap().len(), 4);
+    assert_eq!(
+        json["results"]["paths"].as_object().unwrap().len(),
+        Path::ALL.len()
+    );
     assert!(json["targets"].as_array().unwrap().len() >= 6);
     assert_eq!(
         std::fs::read_to_string(&written.markdown).unwrap(),
@@ -49,6 +54,10 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
         assert!(markdown.contains(path.name()), "{}", path.name());
     }
     assert!(markdown.contains("## Targets") && markdown.contains(&results.machine));
+    assert!(
+        markdown.contains("x floor"),
+        "mesh figures beside the tls-relay floor"
+    );
     for chart in [&written.latency_chart, &written.throughput_chart] {
         let svg = std::fs::read_to_string(chart).unwrap();
         assert!(

@@ -1,0 +1,177 @@
+//! The floor any mutual-TLS tunnel must pay: two minimal relays, app -> relay A over TCP,
+//! relay A -> relay B over one TLS 1.3 connection per app connection (the mesh's own rustls
+//! configuration: aws-lc-rs, the same cipher suites, SPIFFE certificates from the mesh CA
+//! checked both ways), relay B -> app over TCP. No HTTP/2, no policy, no metrics: what is
+//! left of a mesh hop when everything but the encryption and the three TCP legs is gone.
+//! The benchmark reports the mesh as a ratio to it as well as to direct TCP.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_core::cert::WorkloadCert;
+use mesh_core::identity::Identity;
+use rustls::pki_types::ServerName;
+use rustls::sign::SingleCertAndKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Bytes each direction of a relayed connection copies at a time (the mesh's splice reads
+/// up to this much per readable event too).
+const BUFFER: usize = 64 << 10;
+
+/// The one identity both relays present.
+pub fn identity(trust_domain: &str) -> Identity {
+    Identity::new(trust_domain, "bench", "tls-relay").expect("a valid identity")
+}
+
+/// Which leg a relay is on.
+#[derive(Clone)]
+pub enum Side {
+    /// Relay A: accepts plain TCP from the app, opens TLS to relay B.
+    Connect(TlsConnector),
+    /// Relay B: accepts TLS from relay A, opens plain TCP to the app.
+    Accept(TlsAcceptor),
+}
+
+impl Side {
+    /// Relay A's side, presenting `cert` and accepting only relay B's identity.
+    pub fn connect(cert: &WorkloadCert) -> Result<Self, mesh_core::tls::TlsError> {
+        let config = mesh_core::tls::client_config(cert, vec![cert.identity().clone()])?;
+        Ok(Side::Connect(TlsConnector::from(Arc::new(config))))
+    }
+
+    /// Relay B's side, presenting `cert` and requiring a client certificate of its trust
+    /// domain.
+    pub fn accept(cert: &WorkloadCert) -> Result<Self, mesh_core::tls::TlsError> {
+        let resolver = Arc::new(SingleCertAndKey::from(cert.certified_key().clone()));
+        let config =
+            mesh_core::tls::server_config(resolver, cert.roots(), cert.identity().trust_domain())?;
+        Ok(Side::Accept(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// Relays every connection accepted on `listener` to `to`, each on its own task.
+pub async fn serve(listener: TcpListener, to: SocketAddr, side: Side) -> io::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let side = side.clone();
+        tokio::spawn(async move {
+            if let Err(err) = relay(stream, to, side).await {
+                eprintln!("tls-relay: connection from {peer}: {err}");
+            }
+        });
+    }
+}
+
+async fn relay(mut accepted: TcpStream, to: SocketAddr, side: Side) -> io::Result<()> {
+    accepted.set_nodelay(true)?;
+    match side {
+        Side::Connect(connector) => {
+            let upstream = TcpStream::connect(to).await?;
+            upstream.set_nodelay(true)?;
+            // The verifier checks the SPIFFE identity, not a name; SNI is off.
+            let name = ServerName::try_from("tls-relay").expect("a valid name");
+            let mut tls = connector.connect(name, upstream).await?;
+            tokio::io::copy_bidirectional_with_sizes(&mut accepted, &mut tls, BUFFER, BUFFER)
+                .await?;
+        }
+        Side::Accept(acceptor) => {
+            let mut tls = acceptor.accept(accepted).await?;
+            let mut upstream = TcpStream::connect(to).await?;
+            upstream.set_nodelay(true)?;
+            tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut upstream, BUFFER, BUFFER)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::cert::LocalCa;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn listener() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// A position-weighted sum: differs when a byte is lost, changed or reordered.
+    fn digest(bytes: &[u8]) -> u64 {
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (i as u64 + 1) * u64::from(b))
+            .sum()
+    }
+
+    /// Bytes go through both relays intact and in order, in both directions, and a
+    /// half-close travels through the TLS leg (the server answers only after it).
+    #[tokio::test]
+    async fn relays_bytes_both_ways_with_half_close() {
+        mesh_core::tls::install_process_provider();
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let cert = ca.issue_now(&identity("cluster.local")).unwrap();
+
+        // The app: reads to the end, then answers with a digest of what it read.
+        let (app, app_addr) = listener().await;
+        tokio::spawn(async move {
+            let (mut stream, _) = app.accept().await.unwrap();
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received).await.unwrap();
+            stream
+                .write_all(&digest(&received).to_be_bytes())
+                .await
+                .unwrap();
+            stream.write_all(&received).await.unwrap();
+        });
+        let (b, b_addr) = listener().await;
+        tokio::spawn(serve(b, app_addr, Side::accept(&cert).unwrap()));
+        let (a, a_addr) = listener().await;
+        tokio::spawn(serve(a, b_addr, Side::connect(&cert).unwrap()));
+
+        let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut client = TcpStream::connect(a_addr).await.unwrap();
+        client.write_all(&sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer[..8], digest(&sent).to_be_bytes());
+        assert!(answer[8..] == sent[..], "the echo differs");
+    }
+
+    /// A relay holding a certificate from another CA gets nothing through.
+    #[tokio::test]
+    async fn a_relay_from_another_ca_gets_nothing_through() {
+        mesh_core::tls::install_process_provider();
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let cert = ca.issue_now(&identity("cluster.local")).unwrap();
+        let other = LocalCa::generate("cluster.local").unwrap();
+        let stranger = other.issue_now(&identity("cluster.local")).unwrap();
+
+        let (app, app_addr) = listener().await;
+        drop(app);
+        let (b, b_addr) = listener().await;
+        tokio::spawn(serve(b, app_addr, Side::accept(&cert).unwrap()));
+        let (a, a_addr) = listener().await;
+        tokio::spawn(serve(a, b_addr, Side::connect(&stranger).unwrap()));
+
+        let mut client = TcpStream::connect(a_addr).await.unwrap();
+        let _ = client.write_all(b"hello").await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .expect("closed, not hung");
+        assert!(
+            read.is_err() || rest.is_empty(),
+            "nothing comes back: {rest:?}"
+        );
+    }
+}
