@@ -7,12 +7,13 @@
 //!   [`cluster`] builds it and names the paths, [`load`] drives traffic, [`procstat`]
 //!   reads the mesh's CPU and memory, [`suite`] runs the plan, [`summary`] compares with
 //!   the baseline and the targets, [`publish`] writes JSON, Markdown and [`svg`] charts;
-//!   [`tls_relay`] is the mutual-TLS floor the mesh is compared with besides direct TCP.
+//!   [`profile`] draws a flame graph of both ztunnels; [`tls_relay`] is the mutual-TLS floor the mesh is compared with besides direct TCP.
 
 pub mod cluster;
 pub mod load;
 pub mod loopback;
 pub mod procstat;
+pub mod profile;
 pub mod publish;
 pub mod report;
 pub mod suite;

@@ -276,8 +276,9 @@ fn rss_mib(pids: &[i32]) -> BenchResult<f64> {
 /// ztunnel's heap trim (`--memory-trim-seconds`, 10 s) and a margin.
 const IDLE_SETTLE: Duration = Duration::from_secs(12);
 
-/// Runs the whole plan on a fresh benchmark cluster.
-pub fn run(plan: &Plan) -> BenchResult<Results> {
+/// Runs the whole plan on a fresh benchmark cluster; with `flamegraph`, also profiles both
+/// ztunnels at the first rate and writes the flame graph there ([`crate::profile`]).
+pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Results> {
     raise_file_limit();
     progress("building the cluster and starting the mesh");
     let bench = BenchCluster::start().map_err(|e| e.to_string())?;
@@ -400,6 +401,9 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
         paths.entry(path).or_default().connections = samples.summarize();
     }
 
+    if let Some(svg) = flamegraph {
+        profile_ztunnels(&bench, plan, svg)?;
+    }
     let pinned_open_loop = pinned(&bench, plan)?;
     let mut costs = memory(&bench, plan, &idle_rss)?;
     costs.cpu_us_per_request_per_ztunnel = Stat::of(cpu_request);
@@ -416,6 +420,35 @@ pub fn run(plan: &Plan) -> BenchResult<Results> {
         costs,
         pinned_open_loop,
     })
+}
+
+/// Both ztunnels under `perf` while the cross-node path carries the first open-loop rate
+/// for [`crate::profile::PROFILED_RUN`]; the flame graph goes to `svg`.
+fn profile_ztunnels(bench: &BenchCluster, plan: &Plan, svg: &std::path::Path) -> BenchResult<()> {
+    let rate = plan.rates[0];
+    progress(&format!("profiling both ztunnels at {rate} req/s"));
+    let data = std::env::temp_dir().join(format!("mesh-bench-{}.perf.data", std::process::id()));
+    let echo = bench.echo(Path::MeshCrossNode);
+    let recorded = crate::profile::record(&ztunnel_pids(bench), &data, || {
+        in_client(bench, Path::MeshCrossNode, || {
+            load::open_loop(
+                echo,
+                rate,
+                plan.open_loop_connections,
+                crate::profile::PROFILED_RUN,
+            )
+        })
+    });
+    let graphed = recorded.and_then(|_| {
+        let title = format!(
+            "both ztunnels, cross-node, 1 KiB at {rate} req/s over {} connections ({})",
+            plan.open_loop_connections,
+            now_utc()
+        );
+        crate::profile::flamegraph(&data, svg, &title)
+    });
+    let _ = std::fs::remove_file(&data);
+    graphed
 }
 
 /// The first open-loop rate again, direct and cross-node, with the client, the server

@@ -8,7 +8,7 @@ use mesh_benches::suite::{Mode, Plan};
 #[test]
 fn a_tiny_run_measures_every_path_and_writes_every_output() {
     let plan = Plan::for_mode(Mode::Tiny);
-    let results = mesh_benches::suite::run(&plan).expect("tiny run");
+    let results = mesh_benches::suite::run(&plan, None).expect("tiny run");
     for path in Path::ALL {
         let figures = &results.paths[&path];
         for streams in &plan.streams {

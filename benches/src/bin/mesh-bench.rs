@@ -33,6 +33,10 @@ struct Args {
     /// Where to write cluster.json, cluster.md, latency.svg and throughput.svg.
     #[arg(long, default_value = "bench-results/cluster")]
     out: PathBuf,
+    /// Also profile both ztunnels at the first rate and write `flamegraph-ztunnels.svg`
+    /// there (needs perf and inferno's tools: `scripts/bench <mode> flamegraph`).
+    #[arg(long)]
+    flamegraph: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,7 +50,14 @@ fn main() -> anyhow::Result<()> {
         ModeArg::Full => Mode::Full,
         ModeArg::Tiny => Mode::Tiny,
     };
-    let results = mesh_benches::suite::run(&Plan::for_mode(mode))
+    let flamegraph = args
+        .flamegraph
+        .then(|| args.out.join("flamegraph-ztunnels.svg"));
+    if flamegraph.is_some() {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+    }
+    let results = mesh_benches::suite::run(&Plan::for_mode(mode), flamegraph.as_deref())
         .map_err(anyhow::Error::msg)
         .context("benchmark run")?;
     let (written, markdown) = mesh_benches::publish::write(&results, &args.out)
