@@ -68,7 +68,8 @@ pub fn record<T>(
     outcome
 }
 
-/// Turns `data` into a flame graph at `svg`, titled `title`.
+/// Turns `data` into a flame graph at `svg`, titled `title`, with the folded stacks beside
+/// it (`.folded`: one line per stack and its weight, for reading the profile as text).
 pub fn flamegraph(data: &FsPath, svg: &FsPath, title: &str) -> Result<(), String> {
     let script = Command::new("perf")
         .args(["script", "-i"])
@@ -77,6 +78,9 @@ pub fn flamegraph(data: &FsPath, svg: &FsPath, title: &str) -> Result<(), String
         .output()
         .map_err(|e| format!("perf script: {e}"))?;
     let folded = pipe(tool("inferno-collapse-perf"), &[], &script.stdout)?;
+    let folded_path = svg.with_extension("folded");
+    std::fs::write(&folded_path, &folded)
+        .map_err(|e| format!("writing {}: {e}", folded_path.display()))?;
     let graph = pipe(
         tool("inferno-flamegraph"),
         &["--title", title, "--width", "1600"],
