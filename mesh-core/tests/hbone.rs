@@ -367,3 +367,44 @@ async fn a_tunnel_declined_unprocessed_by_a_server_going_away_is_retried_on_a_ne
         "the declined stream went to a second connection"
     );
 }
+
+/// Tunnels open at the same time spread over two connections (their TLS work can then run
+/// on two cores); one after another they reuse one; with one lane they all share one.
+#[tokio::test]
+async fn concurrent_tunnels_spread_over_lanes() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let src = id("shop", "web");
+
+    let client = HboneClient::new(certs.clone(), ClientSettings::default());
+    let mut first = client.connect(request(&src, &server, app)).await.unwrap();
+    assert_eq!(echo_through(&mut first, b"1").await, b"1");
+    drop(first);
+    let mut again = client.connect(request(&src, &server, app)).await.unwrap();
+    assert_eq!(echo_through(&mut again, b"2").await, b"2");
+    assert_eq!(client.pooled_connections(), 1, "one after another: one");
+    let mut concurrent = Vec::new();
+    for n in 0..4u8 {
+        let mut tunnel = client.connect(request(&src, &server, app)).await.unwrap();
+        assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
+        concurrent.push(tunnel);
+    }
+    assert_eq!(client.pooled_connections(), 2, "five at once: two lanes");
+
+    let packed = HboneClient::new(
+        certs,
+        ClientSettings {
+            lanes: 1,
+            ..ClientSettings::default()
+        },
+    );
+    let mut held = Vec::new();
+    for n in 0..4u8 {
+        let mut tunnel = packed.connect(request(&src, &server, app)).await.unwrap();
+        assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
+        held.push(tunnel);
+    }
+    assert_eq!(packed.pooled_connections(), 1, "one lane: one connection");
+}

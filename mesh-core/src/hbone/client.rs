@@ -28,6 +28,11 @@ pub struct ClientSettings {
     pub flow_control: FlowControl,
     /// Most tunnels on one connection before another opens.
     pub max_streams_per_connection: usize,
+    /// Connections the tunnels of one destination spread over as soon as two are open at
+    /// once (each new tunnel takes the least busy): a connection's TLS and HTTP/2 work runs
+    /// on one task, so concurrent tunnels use more than one core only over more than one
+    /// connection. ztunnel's default of 2 matches its worker threads; 1 packs tunnels.
+    pub lanes: usize,
     /// How long an unused connection stays open.
     pub idle_timeout: Duration,
     /// Limit for TCP connect + TLS + HTTP/2 handshakes.
@@ -39,6 +44,7 @@ impl Default for ClientSettings {
         ClientSettings {
             flow_control: FlowControl::default(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            lanes: 2,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
@@ -108,7 +114,11 @@ impl HboneClient {
         settings: ClientSettings,
         dialer: Arc<dyn Dialer>,
     ) -> Self {
-        let pool = Pool::new(settings.max_streams_per_connection, settings.idle_timeout);
+        let pool = Pool::new(
+            settings.max_streams_per_connection,
+            settings.lanes,
+            settings.idle_timeout,
+        );
         HboneClient {
             certs,
             settings,

@@ -1,9 +1,11 @@
 //! The client's connection pool: HTTP/2 connections shared by tunnels with the same
 //! source identity, destination identities and destination address.
 //!
-//! A connection carries at most `max_streams` tunnels; past that a new one opens. Opening
-//! is serialized per key, so a burst of tunnels to a new destination opens
-//! ceil(n / max_streams) connections, not n. A connection that failed, received GOAWAY,
+//! A connection carries at most `max_streams` tunnels; past that a new one opens. Below
+//! that, concurrent tunnels spread over up to `lanes` connections (a new tunnel takes the
+//! least busy, and a new lane opens while every open one is busy), so their TLS work can
+//! run on several cores. Opening is serialized per key, so a burst of tunnels to a new
+//! destination opens max(lanes, ceil(n / max_streams)) connections, not n. A connection that failed, received GOAWAY,
 //! or was made with a certificate since rotated is not handed out again; idle ones close.
 
 use std::collections::HashMap;
@@ -74,6 +76,10 @@ impl PooledConnection {
             && self.active.load(Ordering::Acquire) < max_streams
     }
 
+    fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
     fn idle_for(&self) -> Option<Duration> {
         if self.active.load(Ordering::Acquire) > 0 {
             return None;
@@ -118,23 +124,26 @@ type Connections = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 #[derive(Debug)]
 pub(crate) struct Pool {
     max_streams: usize,
+    lanes: usize,
     idle_timeout: Duration,
     by_key: Mutex<HashMap<PoolKey, Connections>>,
     reaper_started: AtomicBool,
 }
 
 impl Pool {
-    pub(crate) fn new(max_streams: usize, idle_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(max_streams: usize, lanes: usize, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {
             max_streams: max_streams.max(1),
+            lanes: lanes.max(1),
             idle_timeout,
             by_key: Mutex::new(HashMap::new()),
             reaper_started: AtomicBool::new(false),
         })
     }
 
-    /// A connection for `key` with room for one more stream, made with `connect` if none
-    /// has room; the reservation holds the stream's place.
+    /// A connection for `key` with room for one more stream: the least busy, or one made
+    /// with `connect` if none has room or every one is busy and fewer than `lanes` are
+    /// open; the reservation holds the stream's place.
     pub(crate) async fn checkout<F, Fut>(
         self: &Arc<Self>,
         key: &PoolKey,
@@ -149,9 +158,15 @@ impl Pool {
         let connections = self.connections(key);
         let mut connections = connections.lock().await;
         connections.retain(|c| !c.closed.load(Ordering::Acquire));
+        let lanes = connections
+            .iter()
+            .filter(|c| c.cert_serial == cert_serial)
+            .count();
         if let Some(conn) = connections
             .iter()
-            .find(|c| c.usable(cert_serial, self.max_streams))
+            .filter(|c| c.usable(cert_serial, self.max_streams))
+            .min_by_key(|c| c.active())
+            && (conn.active() == 0 || lanes >= self.lanes)
         {
             let reservation = conn.reserve();
             return Ok((conn.clone(), reservation, true));

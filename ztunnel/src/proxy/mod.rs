@@ -197,8 +197,13 @@ impl WorkloadProxy {
         let dialer = Arc::new(PodDialer {
             sockets: sockets.clone(),
         });
-        let client =
-            HboneClient::with_dialer(state.certs.clone(), ClientSettings::default(), dialer);
+        // One lane per worker thread: concurrent tunnels to a destination encrypt on
+        // every core.
+        let settings = ClientSettings {
+            lanes: tokio::runtime::Handle::current().metrics().num_workers(),
+            ..ClientSettings::default()
+        };
+        let client = HboneClient::with_dialer(state.certs.clone(), settings, dialer);
         let stats = Arc::new(ProxyStats::default());
         let context = Arc::new(PodContext {
             workload: workload.clone(),
