@@ -385,12 +385,17 @@ async fn concurrent_tunnels_spread_over_lanes() {
     let mut again = client.connect(request(&src, &server, app)).await.unwrap();
     assert_eq!(echo_through(&mut again, b"2").await, b"2");
     assert_eq!(client.pooled_connections(), 1, "one after another: one");
-    let mut concurrent = Vec::new();
-    for n in 0..4u8 {
-        let mut tunnel = client.connect(request(&src, &server, app)).await.unwrap();
-        assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
-        concurrent.push(tunnel);
-    }
+    // Tunnels opened and kept open, each carrying a byte.
+    let hold = async |client: &HboneClient| {
+        let mut held = Vec::new();
+        for n in 0..4u8 {
+            let mut tunnel = client.connect(request(&src, &server, app)).await.unwrap();
+            assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
+            held.push(tunnel);
+        }
+        held
+    };
+    let _concurrent = hold(&client).await;
     assert_eq!(client.pooled_connections(), 2, "five at once: two lanes");
 
     let packed = HboneClient::new(
@@ -400,11 +405,6 @@ async fn concurrent_tunnels_spread_over_lanes() {
             ..ClientSettings::default()
         },
     );
-    let mut held = Vec::new();
-    for n in 0..4u8 {
-        let mut tunnel = packed.connect(request(&src, &server, app)).await.unwrap();
-        assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
-        held.push(tunnel);
-    }
+    let _held = hold(&packed).await;
     assert_eq!(packed.pooled_connections(), 1, "one lane: one connection");
 }
