@@ -49,7 +49,10 @@ pub fn targets(results: &Results) -> Vec<Target> {
         ) {
             let ratio = mesh / floor;
             out.push(target(
-                &format!("cross-node bulk, {streams} stream(s) / tls-relay"),
+                &format!(
+                    "cross-node bulk, {streams} stream{} / tls-relay",
+                    if streams == 1 { "" } else { "s" }
+                ),
                 ">= 0.85x",
                 format!("{ratio:.2}x ({mesh:.2} / {floor:.2} Gbit/s)"),
                 Some(ratio >= 0.85),

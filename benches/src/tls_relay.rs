@@ -153,8 +153,16 @@ mod tests {
         let other = LocalCa::generate("cluster.local").unwrap();
         let stranger = other.issue_now(&identity("cluster.local")).unwrap();
 
+        // An echo app: were the TLS leg to let the stranger through, "hello" would return.
         let (app, app_addr) = listener().await;
-        drop(app);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = app.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
         let (b, b_addr) = listener().await;
         tokio::spawn(serve(b, app_addr, Side::accept(&cert).unwrap()));
         let (a, a_addr) = listener().await;
@@ -162,6 +170,7 @@ mod tests {
 
         let mut client = TcpStream::connect(a_addr).await.unwrap();
         let _ = client.write_all(b"hello").await;
+        let _ = client.shutdown().await;
         let mut rest = Vec::new();
         let read = tokio::time::timeout(
             std::time::Duration::from_secs(5),
