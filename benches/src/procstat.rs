@@ -24,6 +24,30 @@ pub fn cpu_ns(pid: i32) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Times `pid`'s live threads were switched off a CPU, voluntarily (waiting: each wait
+/// ended by a wake-up) or not (preempted), summed. Per request it counts the sleeps and
+/// wake-ups a proxy pays, which in these VMs cost more than the proxy's own code.
+pub fn context_switches(pid: i32) -> io::Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(status) = fs::read_to_string(task?.path().join("status")) else {
+            continue; // the thread exited meanwhile
+        };
+        for line in status.lines() {
+            if let Some(count) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += count
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| io::Error::other(format!("{line:?} of pid {pid}: {e}")))?;
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn status_kib(pid: i32, field: &str) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -95,6 +119,12 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_ns(pid).unwrap() > before);
+        let switches = context_switches(pid).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(
+            context_switches(pid).unwrap() > switches,
+            "a sleep is a switch"
+        );
         let rss = rss_kib(pid).unwrap();
         assert!(rss > 100 && peak_rss_kib(pid).unwrap() >= rss);
     }

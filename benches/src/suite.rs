@@ -186,6 +186,11 @@ pub struct Costs {
     pub cpu_us_per_connection_both_ztunnels: Stat,
     /// The floor's: CPU µs per request per TLS relay at the first open-loop rate.
     pub cpu_us_per_request_per_relay: Stat,
+    /// Context switches per request per ztunnel in that run: the sleeps and wake-ups each
+    /// request costs a ztunnel's threads.
+    pub switches_per_request_per_ztunnel: Stat,
+    /// The floor's: context switches per request per TLS relay in its run.
+    pub switches_per_request_per_relay: Stat,
     /// The floor's: CPU µs of both relays per new connection (a TLS handshake each: the
     /// relays have no tunnel to reuse).
     pub cpu_us_per_connection_both_relays: Stat,
@@ -263,6 +268,22 @@ fn cpu_ns(pids: &[i32]) -> BenchResult<Vec<u64>> {
         .collect()
 }
 
+fn context_switches(pids: &[i32]) -> BenchResult<Vec<u64>> {
+    pids.iter()
+        .map(|&pid| procstat::context_switches(pid).map_err(|e| format!("switches of {pid}: {e}")))
+        .collect()
+}
+
+/// What `after - before` sums to, per process of `per` and per request of `requests`.
+fn spent_per(before: &[u64], after: &[u64], per: usize, requests: f64) -> f64 {
+    let spent: u64 = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    spent as f64 / per as f64 / requests
+}
+
 fn rss_mib(pids: &[i32]) -> BenchResult<f64> {
     let mut max = 0.0f64;
     for &pid in pids {
@@ -298,6 +319,7 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     let mut connections: BTreeMap<Path, LatencySamples> = BTreeMap::new();
     let (mut cpu_request, mut cpu_all, mut cpu_connection) = (Vec::new(), Vec::new(), Vec::new());
     let (mut relay_request, mut relay_connection) = (Vec::new(), Vec::new());
+    let (mut switches_ztunnel, mut switches_relay) = (Vec::new(), Vec::new());
     let relays = bench.relay_pids();
 
     for repetition in 0..=plan.repetitions {
@@ -331,15 +353,22 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                     Path::TlsRelay if measure_cpu => relays.clone(),
                     _ => Vec::new(),
                 };
-                let before = cpu_ns(&all)?;
+                let proxies = match path {
+                    Path::MeshCrossNode if measure_cpu => ztunnels.clone(),
+                    Path::TlsRelay if measure_cpu => relays.clone(),
+                    _ => Vec::new(),
+                };
+                let (before, switches_before) = (cpu_ns(&all)?, context_switches(&proxies)?);
                 let run = in_client(&bench, path, || {
                     load::open_loop(echo, rate, plan.open_loop_connections, length)
                 })?;
-                let after = cpu_ns(&all)?;
+                let (after, switches_after) = (cpu_ns(&all)?, context_switches(&proxies)?);
                 let requests = run.histogram.len() as f64;
+                let switches =
+                    spent_per(&switches_before, &switches_after, proxies.len(), requests);
                 if measure_cpu && path == Path::TlsRelay {
-                    let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-                    relay_request.push(spent as f64 / relays.len() as f64 / 1000.0 / requests);
+                    relay_request.push(spent_per(&before, &after, relays.len(), requests) / 1000.0);
+                    switches_relay.push(switches);
                 }
                 if measure_cpu && path == Path::MeshCrossNode {
                     let mut ztunnel_ns = 0.0;
@@ -354,6 +383,7 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                     let per_ztunnel = ztunnel_ns / ztunnels.len() as f64;
                     cpu_request.push(per_ztunnel / 1000.0 / requests);
                     cpu_all.push(all_ns / 1e9 / requests * 1000.0);
+                    switches_ztunnel.push(switches);
                 }
                 if !warmup {
                     open.entry((path, rate as u64)).or_default().push(&run);
@@ -411,6 +441,8 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     costs.cpu_us_per_connection_both_ztunnels = Stat::of(cpu_connection);
     costs.cpu_us_per_request_per_relay = Stat::of(relay_request);
     costs.cpu_us_per_connection_both_relays = Stat::of(relay_connection);
+    costs.switches_per_request_per_ztunnel = Stat::of(switches_ztunnel);
+    costs.switches_per_request_per_relay = Stat::of(switches_relay);
 
     Ok(Results {
         date: now_utc(),
@@ -422,29 +454,53 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     })
 }
 
-/// Both ztunnels under `perf` while the cross-node path carries the first open-loop rate
-/// for [`crate::profile::PROFILED_RUN`]; the flame graph goes to `svg`.
+/// Both ztunnels under `perf` for [`crate::profile::PROFILED_RUN`], twice: while the
+/// cross-node path carries the first open-loop rate (the graph goes to `svg`), and while it
+/// opens new connections back to back (to `svg` with `-connections` added to its name).
 fn profile_ztunnels(bench: &BenchCluster, plan: &Plan, svg: &std::path::Path) -> BenchResult<()> {
     let rate = plan.rates[0];
-    progress(&format!("profiling both ztunnels at {rate} req/s"));
-    let data = std::env::temp_dir().join(format!("mesh-bench-{}.perf.data", std::process::id()));
     let echo = bench.echo(Path::MeshCrossNode);
+    let connections_svg = svg.with_file_name(format!(
+        "{}-connections.svg",
+        svg.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("flamegraph")
+    ));
+    let requests = format!(
+        "1 KiB at {rate} req/s over {} connections",
+        plan.open_loop_connections
+    );
+    profile_one(bench, svg, &requests, || {
+        load::open_loop(
+            echo,
+            rate,
+            plan.open_loop_connections,
+            crate::profile::PROFILED_RUN,
+        )
+        .map(drop)
+    })?;
+    profile_one(
+        bench,
+        &connections_svg,
+        "new connections back to back (connect, 1-byte ping-pong, close)",
+        || load::connections(echo, crate::profile::PROFILED_RUN).map(drop),
+    )
+}
+
+/// One profiled run of `load` in the cross-node client; its flame graph goes to `svg`.
+fn profile_one(
+    bench: &BenchCluster,
+    svg: &std::path::Path,
+    what: &str,
+    load: impl FnOnce() -> std::io::Result<()> + Send,
+) -> BenchResult<()> {
+    progress(&format!("profiling both ztunnels: {what}"));
+    let data = std::env::temp_dir().join(format!("mesh-bench-{}.perf.data", std::process::id()));
     let recorded = crate::profile::record(&ztunnel_pids(bench), &data, || {
-        in_client(bench, Path::MeshCrossNode, || {
-            load::open_loop(
-                echo,
-                rate,
-                plan.open_loop_connections,
-                crate::profile::PROFILED_RUN,
-            )
-        })
+        in_client(bench, Path::MeshCrossNode, load)
     });
     let graphed = recorded.and_then(|_| {
-        let title = format!(
-            "both ztunnels, cross-node, 1 KiB at {rate} req/s over {} connections ({})",
-            plan.open_loop_connections,
-            now_utc()
-        );
+        let title = format!("both ztunnels, cross-node, {what} ({})", now_utc());
         crate::profile::flamegraph(&data, svg, &title)
     });
     let _ = std::fs::remove_file(&data);

@@ -338,6 +338,14 @@ pub fn markdown(results: &Results, targets: &[Target]) -> String {
     let costs = &results.costs;
     let _ = writeln!(
         out,
+        "\nContext switches per request at {} req/s (the sleeps and wake-ups of each hop): \
+         {:.2} per ztunnel, {:.2} per TLS relay.",
+        plan.rates.first().copied().unwrap_or_default(),
+        costs.switches_per_request_per_ztunnel.median,
+        costs.switches_per_request_per_relay.median
+    );
+    let _ = writeln!(
+        out,
         "\nAll mesh processes (both ztunnels and both istio-cni agents) used {:.3} CPU-seconds \
          per 1,000 requests at {} req/s; peak ztunnel RSS over the whole run {:.1} MiB.",
         costs.cpu_seconds_per_1000_requests_all.median,
