@@ -10,7 +10,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -27,16 +29,78 @@ pub struct Drain {
 /// connections so the drain can wait for them.
 #[derive(Debug, Clone)]
 pub struct DrainWatch {
-    stop: CancellationToken,
-    force: CancellationToken,
+    stop: Signal,
+    force: Signal,
     tracker: TaskTracker,
+}
+
+/// A one-way signal that hot futures can watch cheaply: raised once, never lowered.
+///
+/// A token's own wait takes two locks on every poll (the token's and its waiter list's,
+/// shared by every connection of a listener); [`Signal::raised`] takes them only when it
+/// registers, and after that a poll by the same task is one atomic load.
+#[derive(Debug, Clone, Default)]
+struct Signal {
+    token: CancellationToken,
+    raised: Arc<AtomicBool>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        // Set before the token wakes the waiters, so a woken waiter sees it.
+        self.raised.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    fn raised(&self) -> Raised {
+        Raised {
+            raised: self.raised.clone(),
+            registered: None,
+            wait: self.token.clone().cancelled_owned(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Completes once its [`Signal`] is raised.
+    struct Raised {
+        raised: Arc<AtomicBool>,
+        // The waker the token's wait holds; while the task polling is the same one, the
+        // token wakes it when raised and polling the wait again would only take its locks.
+        registered: Option<Waker>,
+        #[pin]
+        wait: WaitForCancellationFutureOwned,
+    }
+}
+
+impl Future for Raised {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.raised.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if this
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if this.wait.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        *this.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 /// A new drain and its watch.
 pub fn new() -> (Drain, DrainWatch) {
     let watch = DrainWatch {
-        stop: CancellationToken::new(),
-        force: CancellationToken::new(),
+        stop: Signal::default(),
+        force: Signal::default(),
         tracker: TaskTracker::new(),
     };
     (
@@ -52,7 +116,7 @@ impl Drain {
     /// left. Returns whether all finished in time.
     pub async fn drain(self, limit: Duration) -> bool {
         let watch = &self.watch;
-        watch.stop.cancel();
+        watch.stop.raise();
         watch.tracker.close();
         let finished = tokio::time::timeout(limit, watch.tracker.wait())
             .await
@@ -62,7 +126,7 @@ impl Drain {
                 left = watch.tracker.len(),
                 "drain time over; closing remaining connections"
             );
-            watch.force.cancel();
+            watch.force.raise();
             watch.tracker.wait().await;
         }
         finished
@@ -71,20 +135,22 @@ impl Drain {
 
 impl Drop for Drain {
     fn drop(&mut self) {
-        self.watch.stop.cancel();
-        self.watch.force.cancel();
+        self.watch.stop.raise();
+        self.watch.force.raise();
     }
 }
 
 impl DrainWatch {
-    /// Completes once the drain has started: stop accepting, ask peers to go away.
-    pub async fn stopping(&self) {
-        self.stop.cancelled().await;
+    /// Completes once the drain has started: stop accepting, ask peers to go away. Made
+    /// once and polled by one task, it costs an atomic load per poll (a connection's loop
+    /// polls it on every wake-up).
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.stop.raised()
     }
 
     /// Whether the drain has started.
     pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
+        self.stop.raised.load(Ordering::Acquire)
     }
 
     /// Runs a connection on its own task, which the drain waits for and closes (drops)
@@ -92,7 +158,7 @@ impl DrainWatch {
     pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
         self.tracker.spawn(UntilForced {
             connection,
-            force: self.force.clone().cancelled_owned(),
+            force: self.force.raised(),
         });
     }
 
@@ -106,12 +172,13 @@ pin_project_lite::pin_project! {
     /// A connection that ends early when the drain time is over. A named future rather than
     /// an `async` block with `select!`: those hold the connection's future twice (the
     /// captured value and the selected one), which doubled the memory of every idle
-    /// proxied connection.
+    /// proxied connection. It is polled on every wake-up of the connection, so the drain
+    /// is watched through a [`Signal`].
     struct UntilForced<F> {
         #[pin]
         connection: F,
         #[pin]
-        force: WaitForCancellationFutureOwned,
+        force: Raised,
     }
 }
 
@@ -140,10 +207,12 @@ pub async fn accept_until_drained<F, Fut>(
     F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let stopping = watch.stopping();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             biased;
-            () = watch.stopping() => return,
+            () = &mut stopping => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if let Some(connection) = serve(stream, peer) {
@@ -197,9 +266,51 @@ mod tests {
         let alone = std::mem::size_of_val(&connection());
         let wrapped = UntilForced {
             connection: connection(),
-            force: watch.force.clone().cancelled_owned(),
+            force: watch.force.raised(),
         };
         assert!(std::mem::size_of_val(&wrapped) < alone + 256);
+    }
+
+    #[tokio::test]
+    async fn a_raised_signal_wakes_a_waiter_registered_before_it() {
+        let signal = Signal::default();
+        let mut raised = std::pin::pin!(signal.raised());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(raised.as_mut().poll(&mut cx).is_pending());
+        // Polled again by the same waker: the registration stands.
+        assert!(raised.as_mut().poll(&mut cx).is_pending());
+        // The waiter of another task (another waker) is woken by the raise.
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.raised().await }
+        });
+        tokio::task::yield_now().await;
+        signal.raise();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the raise")
+            .unwrap();
+        assert!(raised.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forced_connections_are_closed_however_often_they_were_polled() {
+        let (drain, watch) = new();
+        // A connection woken many times before the drain (each wake a poll of its
+        // UntilForced), then idle forever: only the force ends it.
+        let (ping, mut pings) = tokio::sync::mpsc::channel::<()>(1);
+        watch.spawn(async move {
+            while pings.recv().await.is_some() {}
+            std::future::pending::<()>().await;
+        });
+        for _ in 0..100 {
+            ping.send(()).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        assert!(!drain.drain(Duration::from_millis(50)).await);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(watch.connections(), 0);
     }
 
     #[tokio::test]

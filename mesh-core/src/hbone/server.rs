@@ -311,10 +311,13 @@ impl<H: TunnelHandler> Shared<H> {
         tokio::pin!(check);
         let mut started_since_check = false;
         let mut draining = false;
+        // Made once: the loop polls it on every wake-up of the connection.
+        let stopping = drain.stopping();
+        tokio::pin!(stopping);
         loop {
             let next = tokio::select! {
                 next = connection.accept() => next,
-                () = drain.stopping(), if !draining => {
+                () = &mut stopping, if !draining => {
                     draining = true;
                     connection.graceful_shutdown();
                     continue;
