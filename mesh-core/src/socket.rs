@@ -62,7 +62,8 @@ pub fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Connects to `dst` from inside `netns`, with `SO_MARK = mark` so the pod's redirection
 /// rules let the connection pass. With `src`, the socket binds to that address first
-/// (IP_TRANSPARENT, so it may be another host's address: the original client's).
+/// (IP_TRANSPARENT, so it may be another host's address: the original client's); a `src`
+/// port of 0 leaves the port to the kernel at connect().
 pub async fn connect_in(
     netns: &(impl AsFd + Sync),
     mark: u32,
@@ -77,6 +78,17 @@ pub async fn connect_in(
         socket.set_tcp_nodelay(true)?;
         if let Some(src) = src {
             socket.set_ip_transparent_v4(true)?;
+            if src.port() == 0 {
+                // Let connect() pick the port, with the whole 4-tuple known. Bound to port 0
+                // without it, the kernel searches the namespace's bound and TIME_WAIT
+                // sockets for a port free toward every destination: under connection churn
+                // that search was 12% of both ztunnels' CPU.
+                nix::sys::socket::setsockopt(
+                    &socket,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort,
+                    &true,
+                )?;
+            }
             socket.bind(&src.into())?;
         }
         Ok(socket)
@@ -92,4 +104,32 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         .map_err(io::Error::from)?;
     let ip = std::net::Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr));
     Ok(SocketAddr::from((ip, u16::from_be(raw.sin_port))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (setns, IP_TRANSPARENT), as the suite runs.
+    #[tokio::test]
+    async fn a_transparent_connect_keeps_the_source_address_and_leaves_the_port_to_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let here = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        let src: SocketAddr = "127.0.0.7:0".parse().unwrap();
+        let stream = connect_in(&here, 0, Some(src), listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(
+            peer.ip(),
+            src.ip(),
+            "the server sees the given source address"
+        );
+        assert_ne!(peer.port(), 0);
+        assert!(
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::IpBindAddressNoPort)
+                .unwrap(),
+            "the port is picked at connect(), not searched for at bind()"
+        );
+    }
 }
