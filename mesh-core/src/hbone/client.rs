@@ -148,7 +148,10 @@ impl HboneClient {
             let (conn, reservation, reused) = self
                 .pool
                 .checkout(&key, &cert.info().serial, || {
-                    self.open_connection(&cert, &request)
+                    // Boxed: a TLS and HTTP/2 handshake in progress is most of a tunnel's
+                    // connect state, and only the rare connect that opens a connection needs
+                    // it; inline, every caller's future would carry its size.
+                    Box::pin(self.open_connection(&cert, &request))
                 })
                 .await?;
             match self.send_connect(&conn, &request).await {

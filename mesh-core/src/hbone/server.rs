@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::drain::DrainWatch;
 use tokio_rustls::TlsAcceptor;
 
-use super::limits::SourceLimit;
+use super::limits::{SourceLimit, SourceSlot};
 use super::stream::H2Stream;
 use super::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION, FlowControl};
 use crate::cert::parse_leaf;
@@ -109,16 +109,18 @@ pub struct PeerInfo {
 
 /// Decides what happens to each inbound tunnel.
 pub trait TunnelHandler: Send + Sync + 'static {
-    /// Accepts or rejects `tunnel`, then (if accepted) serves it to the end.
-    fn serve(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send;
+    /// Accepts or rejects `tunnel`, then (if accepted) serves it to the end. The future
+    /// owns what it needs: it becomes the tunnel's task as it is, so a live tunnel costs
+    /// its future and nothing of the request it came from.
+    fn serve(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send + 'static;
 }
 
 impl<F, Fut> TunnelHandler for F
 where
     F: Fn(InboundTunnel) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send + 'static,
 {
-    fn serve(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send {
+    fn serve(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send + 'static {
         self(tunnel)
     }
 }
@@ -338,11 +340,16 @@ impl<H: TunnelHandler> Shared<H> {
             match next {
                 Some(Ok((request, respond))) => {
                     started_since_check = true;
-                    let (shared, peer, open) = (self.clone(), peer.clone(), open.clone());
-                    tokio::spawn(async move {
-                        let _open = open;
-                        shared.serve_request(request, respond, peer).await
-                    });
+                    // Checked and answered here, so the tunnel's task holds the handler's
+                    // future and the two counts, not the request it came from.
+                    if let Some((tunnel, slot)) = self.open_tunnel(request, respond, &peer) {
+                        let serving = self.handler.serve(tunnel);
+                        let open = open.clone();
+                        tokio::spawn(async move {
+                            let _counted = (open, slot);
+                            serving.await
+                        });
+                    }
                 }
                 Some(Err(err)) => {
                     tracing::debug!(%addr, error = %err, "HBONE connection ended");
@@ -353,33 +360,35 @@ impl<H: TunnelHandler> Shared<H> {
         }
     }
 
-    async fn serve_request(
+    /// A CONNECT as the handler's tunnel and its slot in the source's tunnel count; `None`
+    /// when it was answered here (400 not a CONNECT to ip:port, 429 over the limit).
+    fn open_tunnel(
         &self,
         request: Request<h2::RecvStream>,
         mut respond: SendResponse<Bytes>,
-        peer: PeerInfo,
-    ) {
+        peer: &PeerInfo,
+    ) -> Option<(InboundTunnel, SourceSlot)> {
         let Some(target) = connect_target(&request) else {
             ServerStats::bump(&self.stats.malformed);
             tracing::debug!(peer = %peer.identity, method = %request.method(), uri = %request.uri(), "not a CONNECT to ip:port");
             let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
-            return;
+            return None;
         };
-        let Some(_slot) = self.tunnels_per_source.try_acquire(peer.addr.ip()) else {
+        let Some(slot) = self.tunnels_per_source.try_acquire(peer.addr.ip()) else {
             ServerStats::bump(&self.stats.over_tunnel_limit);
             tracing::debug!(peer = %peer.addr, "tunnel refused: source over its tunnel limit");
             let _ = respond.send_response(status_response(StatusCode::TOO_MANY_REQUESTS), true);
-            return;
+            return None;
         };
         ServerStats::bump(&self.stats.tunnels);
         let (parts, recv) = request.into_parts();
         let tunnel = InboundTunnel {
-            peer,
+            peer: peer.clone(),
             target,
             headers: parts.headers,
             request: Some((recv, respond)),
         };
-        self.handler.serve(tunnel).await;
+        Some((tunnel, slot))
     }
 
     fn refuse(&self, addr: SocketAddr, reason: &str) {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_core::drain::{DrainWatch, accept_until_drained};
-use mesh_core::hbone::{InboundTunnel, headers};
+use mesh_core::hbone::{H2Stream, InboundTunnel, headers};
 use mesh_model::config::istio::MtlsMode;
 use mesh_model::model::{DataPlane, Workload};
 use mesh_model::policy::{self, Connection};
@@ -21,6 +21,21 @@ use crate::metrics::{RefusalReason, TcpLabels};
 /// from inside the source pod, so the kernel proves it. The `forwarded` header is written
 /// by the caller and only logged.
 pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
+    // The checks run in a boxed future of their own, so what they need (the request, its
+    // headers, the peer, the app's connect) is freed by the time the copy starts: the task
+    // holds only the record and the two ends for as long as the connection lives.
+    let Some((record, upstream, downstream)) = Box::pin(open_tunnel(&pod, tunnel)).await else {
+        return;
+    };
+    let _ = mesh_core::hbone::splice_metered(&upstream, downstream, &record).await;
+}
+
+/// Admits the tunnel and answers it: the record (counting from now), the app's connection
+/// and the tunnel's stream; `None` once refused (answered, counted and logged).
+async fn open_tunnel(
+    pod: &PodContext,
+    tunnel: InboundTunnel,
+) -> Option<(Record, TcpStream, H2Stream)> {
     let target = tunnel.target();
     let peer = tunnel.peer().clone();
     let mut record = Record::new(Direction::Inbound, peer.addr, target);
@@ -30,15 +45,16 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         .get(headers::FORWARDED)
         .and_then(headers::parse_forwarded_for);
     let plane = pod.state.plane();
-    let workload = current(&pod, &plane);
-    let upstream = match admit_tunnel(&pod, workload, &plane, &tunnel).await {
+    let workload = current(pod, &plane);
+    let upstream = match admit_tunnel(pod, workload, &plane, &tunnel).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            count_refusal(&pod, "inbound", &error);
+            count_refusal(pod, "inbound", &error);
             record.src_identity = Some(peer.identity.to_string());
             record.dst_identity = Some(workload.identity.to_string());
             let status = record.fail(error).status();
-            return tunnel.reject(status);
+            tunnel.reject(status);
+            return None;
         }
     };
     let baggage = tunnel
@@ -46,9 +62,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         .get(headers::BAGGAGE)
         .map(headers::Baggage::parse)
         .unwrap_or_default();
-    let Ok(downstream) = tunnel.accept() else {
-        return;
-    };
+    let downstream = tunnel.accept().ok()?;
     ProxyStats::bump(&pod.stats.inbound_hbone);
     let labels = TcpLabels {
         reporter: "destination".into(),
@@ -62,7 +76,7 @@ pub(super) async fn serve_hbone(pod: Arc<PodContext>, tunnel: InboundTunnel) {
         ..destination_labels(workload, &plane, target.port())
     };
     record.open(&pod.state.metrics, labels);
-    let _ = mesh_core::hbone::splice_metered(&upstream, downstream, &record).await;
+    Some((record, upstream, downstream))
 }
 
 /// The checks before a tunnel is answered: it is for this pod, not for a ztunnel port,

@@ -38,7 +38,7 @@ pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener, drain: Drai
 
 /// One connection: find where the app meant to go, route, open the upstream, copy. Its
 /// [`Record`] counts and logs it, whatever the outcome.
-async fn serve(pod: Arc<PodContext>, downstream: TcpStream) {
+pub(super) async fn serve(pod: Arc<PodContext>, downstream: TcpStream) {
     let _ = downstream.set_nodelay(true);
     let (src, dst) = match (
         downstream.peer_addr(),
@@ -108,7 +108,10 @@ async fn proxy(
                 authority,
                 headers: request_headers(pod, src),
             };
-            let connected = pod.client.connect(request).await;
+            // Boxed, so the connect's state is freed once the tunnel is open: inline, this
+            // connection's task would hold its size (most of the task's) for as long as the
+            // connection lives.
+            let connected = Box::pin(pod.client.connect(request)).await;
             drop(connecting);
             let upstream = connected.map_err(|e| ProxyError::Tunnel(e.to_string()))?;
             ProxyStats::bump(&pod.stats.outbound_hbone);
