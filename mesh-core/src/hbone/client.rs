@@ -212,7 +212,7 @@ impl HboneClient {
         .map_err(|source| HboneError::handshake(addr, source))?;
 
         let flow = self.settings.flow_control;
-        let (send_request, connection) = tokio::time::timeout(
+        let (send_request, mut connection) = tokio::time::timeout(
             limit,
             h2::client::Builder::new()
                 .initial_window_size(flow.stream_window)
@@ -227,7 +227,9 @@ impl HboneClient {
         let closed = Arc::new(AtomicBool::new(false));
         let driver_closed = closed.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            // Awaited through a reference: awaiting the value would store the connection's
+            // state (h2's and rustls's) a second time in this task.
+            if let Err(err) = (&mut connection).await {
                 tracing::debug!(%addr, error = %err, "HBONE connection ended");
             }
             driver_closed.store(true, Ordering::Release);

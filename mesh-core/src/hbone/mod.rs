@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod headers;
+mod holding;
 pub mod limits;
 mod pool;
 pub mod server;

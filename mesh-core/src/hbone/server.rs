@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::drain::DrainWatch;
 use tokio_rustls::TlsAcceptor;
 
+use super::holding::Holding;
 use super::limits::{SourceLimit, SourceSlot};
 use super::stream::H2Stream;
 use super::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION, FlowControl};
@@ -262,11 +263,8 @@ impl<H: TunnelHandler> HboneServer<H> {
                 tracing::debug!(%peer, "HBONE connection refused: source over its connection limit");
                 return None;
             };
-            let (shared, watch) = (shared.clone(), watch.clone());
-            Some(async move {
-                let _slot = slot;
-                shared.serve_connection(tcp, peer, watch).await
-            })
+            let serving = shared.clone().serve_connection(tcp, peer, watch.clone());
+            Some(Holding::new(serving, slot))
         })
         .await;
     }
@@ -344,11 +342,7 @@ impl<H: TunnelHandler> Shared<H> {
                     // future and the two counts, not the request it came from.
                     if let Some((tunnel, slot)) = self.open_tunnel(request, respond, &peer) {
                         let serving = self.handler.serve(tunnel);
-                        let open = open.clone();
-                        tokio::spawn(async move {
-                            let _counted = (open, slot);
-                            serving.await
-                        });
+                        tokio::spawn(Holding::new(serving, (open.clone(), slot)));
                     }
                 }
                 Some(Err(err)) => {
