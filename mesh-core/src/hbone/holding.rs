@@ -28,9 +28,7 @@ impl<F: Future, H> Future for Holding<F, H> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let _ = &this.held;
-        this.future.poll(cx)
+        self.project().future.poll(cx)
     }
 }
 
