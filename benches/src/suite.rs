@@ -24,11 +24,32 @@ pub enum Mode {
     Full,
 }
 
+/// A part of the suite that can be run alone, to look at one figure without waiting for
+/// the others (the figures of the parts not run are absent from the report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Every path's throughput, latency, connection rate, and the CPU per request and per
+    /// connection.
+    Paths,
+    /// The first open-loop rate with everything on one CPU.
+    Pinned,
+    /// Idle connections, the peak, and recovery after a burst.
+    Memory,
+}
+
+impl Phase {
+    /// Every phase, in the order a run takes them.
+    pub const ALL: [Phase; 3] = [Phase::Paths, Phase::Pinned, Phase::Memory];
+}
+
 /// The sizes of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// Which mode this is.
     pub mode: Mode,
+    /// The parts of the suite this run takes ([`Phase::ALL`] unless narrowed).
+    pub phases: Vec<Phase>,
     /// Measured repetitions (after one warm-up).
     pub repetitions: usize,
     /// Length of each measured run.
@@ -53,6 +74,7 @@ impl Plan {
         match mode {
             Mode::Tiny => Plan {
                 mode,
+                phases: Phase::ALL.to_vec(),
                 repetitions: 1,
                 run: Duration::from_millis(150),
                 warmup: Duration::from_millis(50),
@@ -64,6 +86,7 @@ impl Plan {
             },
             Mode::Quick => Plan {
                 mode,
+                phases: Phase::ALL.to_vec(),
                 repetitions: 3,
                 run: Duration::from_millis(700),
                 warmup: Duration::from_millis(300),
@@ -71,10 +94,11 @@ impl Plan {
                 rates: vec![1_000.0, 10_000.0],
                 open_loop_connections: 4,
                 idle_connections: 1_000,
-                burst: (150, Duration::from_secs(15)),
+                burst: (150, Duration::from_secs(20)),
             },
             Mode::Full => Plan {
                 mode,
+                phases: Phase::ALL.to_vec(),
                 repetitions: 5,
                 run: Duration::from_secs(3),
                 warmup: Duration::from_secs(1),
@@ -194,6 +218,9 @@ pub struct Costs {
     /// The floor's: CPU µs of both relays per new connection (a TLS handshake each: the
     /// relays have no tunnel to reuse).
     pub cpu_us_per_connection_both_relays: Stat,
+    /// The kernel's share of the proxies' CPU in those runs (system over user + system
+    /// time, summed over the repetitions): what no change to the proxy's code can save.
+    pub kernel_share: KernelShares,
     /// Resident memory of each ztunnel when idle, MiB (the larger of the two).
     pub idle_rss_mib: f64,
     /// Extra resident memory per idle proxied connection, KiB (the larger ztunnel).
@@ -207,6 +234,51 @@ pub struct Costs {
     pub burst_recovery_seconds: Option<f64>,
     /// The ztunnels' RSS right after the burst, MiB (the larger).
     pub burst_rss_mib: f64,
+}
+
+/// The kernel's share (0 to 1) of the proxies' CPU in the runs whose cost [`Costs`] reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelShares {
+    /// Both ztunnels, cross-node requests at the first open-loop rate.
+    pub request_ztunnels: f64,
+    /// Both TLS relays, in their run at that rate.
+    pub request_relays: f64,
+    /// Both ztunnels, new cross-node connections.
+    pub connection_ztunnels: f64,
+    /// Both TLS relays, new connections (handshakes included).
+    pub connection_relays: f64,
+}
+
+/// User and system clock ticks of some processes, added up over runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+impl Ticks {
+    /// The processes' ticks now.
+    fn of(pids: &[i32]) -> BenchResult<Ticks> {
+        let mut total = Ticks::default();
+        for &pid in pids {
+            let (user, system) =
+                procstat::user_system_ticks(pid).map_err(|e| format!("ticks of {pid}: {e}"))?;
+            total.user += user;
+            total.system += system;
+        }
+        Ok(total)
+    }
+
+    /// Adds what was spent between `before` and `after`.
+    fn add_spent(&mut self, before: Ticks, after: Ticks) {
+        self.user += after.user.saturating_sub(before.user);
+        self.system += after.system.saturating_sub(before.system);
+    }
+
+    /// The kernel's share (NaN when nothing was counted).
+    fn kernel_share(self) -> f64 {
+        self.system as f64 / (self.user + self.system) as f64
+    }
 }
 
 /// A whole run.
@@ -320,9 +392,16 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     let (mut cpu_request, mut cpu_all, mut cpu_connection) = (Vec::new(), Vec::new(), Vec::new());
     let (mut relay_request, mut relay_connection) = (Vec::new(), Vec::new());
     let (mut switches_ztunnel, mut switches_relay) = (Vec::new(), Vec::new());
+    let (mut request_ticks, mut relay_request_ticks) = (Ticks::default(), Ticks::default());
+    let (mut connection_ticks, mut relay_connection_ticks) = (Ticks::default(), Ticks::default());
     let relays = bench.relay_pids();
 
-    for repetition in 0..=plan.repetitions {
+    let rounds = if plan.phases.contains(&Phase::Paths) {
+        plan.repetitions + 1
+    } else {
+        0
+    };
+    for repetition in 0..rounds {
         let warmup = repetition == 0;
         let length = if warmup { plan.warmup } else { plan.run };
         progress(&if warmup {
@@ -359,18 +438,22 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                     _ => Vec::new(),
                 };
                 let (before, switches_before) = (cpu_ns(&all)?, context_switches(&proxies)?);
+                let ticks_before = Ticks::of(&proxies)?;
                 let run = in_client(&bench, path, || {
                     load::open_loop(echo, rate, plan.open_loop_connections, length)
                 })?;
                 let (after, switches_after) = (cpu_ns(&all)?, context_switches(&proxies)?);
+                let ticks_after = Ticks::of(&proxies)?;
                 let requests = run.histogram.len() as f64;
                 let switches =
                     spent_per(&switches_before, &switches_after, proxies.len(), requests);
                 if measure_cpu && path == Path::TlsRelay {
+                    relay_request_ticks.add_spent(ticks_before, ticks_after);
                     relay_request.push(spent_per(&before, &after, relays.len(), requests) / 1000.0);
                     switches_relay.push(switches);
                 }
                 if measure_cpu && path == Path::MeshCrossNode {
+                    request_ticks.add_spent(ticks_before, ticks_after);
                     let mut ztunnel_ns = 0.0;
                     let mut all_ns = 0.0;
                     for ((pid, b), a) in all.iter().zip(&before).zip(&after) {
@@ -393,15 +476,21 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                 Path::TlsRelay => relays.clone(),
                 _ => ztunnels.clone(),
             };
-            let before = cpu_ns(&proxies)?;
+            let (before, ticks_before) = (cpu_ns(&proxies)?, Ticks::of(&proxies)?);
             let run = in_client(&bench, path, || load::connections(echo, length))?;
-            let after = cpu_ns(&proxies)?;
+            let (after, ticks_after) = (cpu_ns(&proxies)?, Ticks::of(&proxies)?);
             if !warmup {
                 let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
                 let per_connection = spent as f64 / 1000.0 / run.histogram.len() as f64;
                 match path {
-                    Path::MeshCrossNode => cpu_connection.push(per_connection),
-                    Path::TlsRelay => relay_connection.push(per_connection),
+                    Path::MeshCrossNode => {
+                        cpu_connection.push(per_connection);
+                        connection_ticks.add_spent(ticks_before, ticks_after);
+                    }
+                    Path::TlsRelay => {
+                        relay_connection.push(per_connection);
+                        relay_connection_ticks.add_spent(ticks_before, ticks_after);
+                    }
                     _ => {}
                 }
                 connections.entry(path).or_default().push(&run);
@@ -434,8 +523,19 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     if let Some(svg) = flamegraph {
         profile_ztunnels(&bench, plan, svg)?;
     }
-    let pinned_open_loop = pinned(&bench, plan)?;
-    let mut costs = memory(&bench, plan, &idle_rss)?;
+    let pinned_open_loop = if plan.phases.contains(&Phase::Pinned) {
+        pinned(&bench, plan)?
+    } else {
+        BTreeMap::new()
+    };
+    let mut costs = if plan.phases.contains(&Phase::Memory) {
+        memory(&bench, plan, &idle_rss)?
+    } else {
+        Costs {
+            idle_rss_mib: idle_rss.iter().copied().fold(0.0, f64::max),
+            ..Costs::default()
+        }
+    };
     costs.cpu_us_per_request_per_ztunnel = Stat::of(cpu_request);
     costs.cpu_seconds_per_1000_requests_all = Stat::of(cpu_all);
     costs.cpu_us_per_connection_both_ztunnels = Stat::of(cpu_connection);
@@ -443,6 +543,12 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     costs.cpu_us_per_connection_both_relays = Stat::of(relay_connection);
     costs.switches_per_request_per_ztunnel = Stat::of(switches_ztunnel);
     costs.switches_per_request_per_relay = Stat::of(switches_relay);
+    costs.kernel_share = KernelShares {
+        request_ztunnels: request_ticks.kernel_share(),
+        request_relays: relay_request_ticks.kernel_share(),
+        connection_ztunnels: connection_ticks.kernel_share(),
+        connection_relays: relay_connection_ticks.kernel_share(),
+    };
 
     Ok(Results {
         date: now_utc(),

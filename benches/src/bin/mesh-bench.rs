@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use mesh_benches::suite::{Mode, Plan};
+use mesh_benches::suite::{Mode, Phase, Plan};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
@@ -37,6 +37,10 @@ struct Args {
     /// there (needs perf and inferno's tools: `scripts/bench <mode> flamegraph`).
     #[arg(long)]
     flamegraph: bool,
+    /// Run only these parts of the suite (repeatable; all of them by default), to look at
+    /// one figure without waiting for the rest.
+    #[arg(long, value_enum)]
+    only: Vec<Phase>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,7 +61,14 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?;
     }
-    let results = mesh_benches::suite::run(&Plan::for_mode(mode), flamegraph.as_deref())
+    let mut plan = Plan::for_mode(mode);
+    if !args.only.is_empty() {
+        plan.phases = Phase::ALL
+            .into_iter()
+            .filter(|phase| args.only.contains(phase))
+            .collect();
+    }
+    let results = mesh_benches::suite::run(&plan, flamegraph.as_deref())
         .map_err(anyhow::Error::msg)
         .context("benchmark run")?;
     let (written, markdown) = mesh_benches::publish::write(&results, &args.out)
