@@ -73,6 +73,13 @@ async fn load(server: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
     let mut requests = tokio::task::JoinSet::new();
     while !stop.load(Ordering::Relaxed) {
         ticks.tick().await;
+        // Up to one new connection per millisecond, but never more than NEW_IN_FLIGHT at once:
+        // past what the (debug-built) ztunnels accept per second on a slow machine, the
+        // pods' accept queues overflow and the kernel resets connections, restart or not.
+        if requests.len() >= NEW_IN_FLIGHT {
+            while requests.try_join_next().is_some() {}
+            continue;
+        }
         let tally = tally.clone();
         requests.spawn(async move {
             let trip = tcp_echo::round_trip(server, b"new connection");
@@ -90,6 +97,9 @@ async fn load(server: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
         let _ = task.await;
     }
 }
+
+/// New connections the load keeps open at once, at most.
+const NEW_IN_FLIGHT: usize = 32;
 
 fn cluster() -> Cluster {
     let cluster = mesh_tests::topology::shop().build().unwrap();
