@@ -228,6 +228,52 @@ async fn idle_connections_close_after_the_idle_timeout() {
     }
 }
 
+/// After a burst that needed more connections than lanes, the surplus closes soon and the
+/// lanes used last stay open for the (long) idle timeout, still carrying tunnels.
+#[tokio::test]
+async fn a_bursts_surplus_connections_close_before_the_lanes() {
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server = hbone_server(certs.clone(), id("shop", "server"), ca.roots()).await;
+    let app = echo_app().await;
+    let src = id("shop", "web");
+    let settings = ClientSettings {
+        max_streams_per_connection: 1,
+        lanes: 2,
+        idle_timeout: Duration::from_secs(60),
+        surplus_idle_timeout: Duration::from_millis(100),
+        ..ClientSettings::default()
+    };
+    let client = HboneClient::new(certs, settings);
+    let mut burst = Vec::new();
+    for n in 0..5u8 {
+        let mut tunnel = client.connect(request(&src, &server, app)).await.unwrap();
+        assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
+        burst.push(tunnel);
+    }
+    assert_eq!(client.pooled_connections(), 5, "one stream per connection");
+    drop(burst);
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.pooled_connections() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the surplus never closed: {} open",
+            client.pooled_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The lanes outlive several surplus periods and carry the next tunnels, one each.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(client.pooled_connections(), 2);
+    let mut first = client.connect(request(&src, &server, app)).await.unwrap();
+    let mut second = client.connect(request(&src, &server, app)).await.unwrap();
+    assert_eq!(echo_through(&mut first, b"a").await, b"a");
+    assert_eq!(echo_through(&mut second, b"b").await, b"b");
+    assert_eq!(client.pooled_connections(), 2, "the kept lanes were reused");
+    assert_eq!(server.stats.connections.load(Ordering::Relaxed), 5);
+}
+
 #[tokio::test]
 async fn a_dead_pooled_connection_is_replaced() {
     let ca = ca();

@@ -6,7 +6,9 @@
 //! least busy, and a new lane opens while every open one is busy), so their TLS work can
 //! run on several cores. Opening is serialized per key, so a burst of tunnels to a new
 //! destination opens max(lanes, ceil(n / max_streams)) connections, not n. A connection that failed, received GOAWAY,
-//! or was made with a certificate since rotated is not handed out again; idle ones close.
+//! or was made with a certificate since rotated is not handed out again; idle ones close:
+//! the `lanes` used last after [`IdleTimeouts::lanes`], the others (a burst's surplus) after
+//! [`IdleTimeouts::surplus`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -120,22 +122,31 @@ impl Drop for StreamReservation {
 
 type Connections = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 
+/// How long unused connections stay open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleTimeouts {
+    /// The `lanes` connections of a key used most recently.
+    pub lanes: Duration,
+    /// The others of that key.
+    pub surplus: Duration,
+}
+
 /// The pool itself.
 #[derive(Debug)]
 pub(crate) struct Pool {
     max_streams: usize,
     lanes: usize,
-    idle_timeout: Duration,
+    idle: IdleTimeouts,
     by_key: Mutex<HashMap<PoolKey, Connections>>,
     reaper_started: AtomicBool,
 }
 
 impl Pool {
-    pub(crate) fn new(max_streams: usize, lanes: usize, idle_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(max_streams: usize, lanes: usize, idle: IdleTimeouts) -> Arc<Self> {
         Arc::new(Pool {
             max_streams: max_streams.max(1),
             lanes: lanes.max(1),
-            idle_timeout,
+            idle,
             by_key: Mutex::new(HashMap::new()),
             reaper_started: AtomicBool::new(false),
         })
@@ -202,13 +213,15 @@ impl Pool {
             .clone()
     }
 
-    /// Closes idle connections every half idle-timeout, for as long as the pool lives.
+    /// Closes idle connections every half of the shorter idle timeout, for as long as the
+    /// pool lives.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper_started.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool: Weak<Pool> = Arc::downgrade(self);
-        let period = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        let shorter = self.idle.lanes.min(self.idle.surplus);
+        let period = (shorter / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -225,11 +238,27 @@ impl Pool {
             let Ok(mut connections) = connections.try_lock() else {
                 return true;
             };
+            connections.retain(|c| !c.closed.load(Ordering::Acquire));
+            // Busy connections first, then the least idle: the first `lanes` of that order
+            // are the lanes new tunnels will take, the rest a burst's surplus.
+            let mut idle: Vec<(usize, Duration)> = connections
+                .iter()
+                .map(|c| c.idle_for().unwrap_or(Duration::ZERO))
+                .enumerate()
+                .collect();
+            idle.sort_by_key(|&(_, idle)| idle);
+            let mut keep = vec![false; connections.len()];
+            for (rank, (index, idle)) in idle.into_iter().enumerate() {
+                let limit = if rank < self.lanes {
+                    self.idle.lanes
+                } else {
+                    self.idle.surplus
+                };
+                keep[index] = idle.is_zero() || idle < limit;
+            }
             // Dropping our SendRequest lets h2 send GOAWAY and close once streams finish.
-            connections.retain(|c| {
-                !c.closed.load(Ordering::Acquire)
-                    && c.idle_for().is_none_or(|idle| idle < self.idle_timeout)
-            });
+            let mut keep = keep.into_iter();
+            connections.retain(|_| keep.next().unwrap_or(true));
             !connections.is_empty()
         });
     }
