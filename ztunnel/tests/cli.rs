@@ -55,3 +55,17 @@ fn a_worker_thread_count_out_of_range_is_named() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--worker-threads"));
 }
+
+/// `build.rs` links with packed relative relocations (idle RSS): the binary carries a
+/// DT_RELR table and only a small RELA one.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn relative_relocations_are_packed() {
+    let output = Command::new("readelf")
+        .args(["--dynamic", BINARY])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(output.status.success());
+    let dynamic = String::from_utf8_lossy(&output.stdout);
+    assert!(dynamic.contains("(RELR)"), "no DT_RELR entry:\n{dynamic}");
+}

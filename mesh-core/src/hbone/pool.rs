@@ -241,24 +241,18 @@ impl Pool {
             connections.retain(|c| !c.closed.load(Ordering::Acquire));
             // Busy connections first, then the least idle: the first `lanes` of that order
             // are the lanes new tunnels will take, the rest a burst's surplus.
-            let mut idle: Vec<(usize, Duration)> = connections
-                .iter()
-                .map(|c| c.idle_for().unwrap_or(Duration::ZERO))
-                .enumerate()
-                .collect();
-            idle.sort_by_key(|&(_, idle)| idle);
-            let mut keep = vec![false; connections.len()];
-            for (rank, (index, idle)) in idle.into_iter().enumerate() {
+            connections.sort_by_key(|c| c.idle_for().unwrap_or(Duration::ZERO));
+            let mut rank = 0;
+            // Dropping our SendRequest lets h2 send GOAWAY and close once streams finish.
+            connections.retain(|c| {
                 let limit = if rank < self.lanes {
                     self.idle.lanes
                 } else {
                     self.idle.surplus
                 };
-                keep[index] = idle.is_zero() || idle < limit;
-            }
-            // Dropping our SendRequest lets h2 send GOAWAY and close once streams finish.
-            let mut keep = keep.into_iter();
-            connections.retain(|_| keep.next().unwrap_or(true));
+                rank += 1;
+                c.idle_for().is_none_or(|idle| idle < limit)
+            });
             !connections.is_empty()
         });
     }
