@@ -170,7 +170,7 @@ impl FileSource {
         let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|event| may_change_contents(&event.kind)) {
                     let _ = changed.send(());
                 }
             })?;
@@ -191,6 +191,21 @@ impl FileSource {
         });
         Ok(snapshots)
     }
+}
+
+/// Whether an event can change what a load reads. Reading is an event too (inotify reports
+/// opening the directory and each file): counted as a change, every load would schedule the
+/// next one, and every source watching the directory (both ztunnels and agents of a node
+/// sharing it) would keep the others scanning it ten times a second.
+fn may_change_contents(kind: &notify::EventKind) -> bool {
+    !matches!(
+        kind,
+        notify::EventKind::Access(
+            notify::event::AccessKind::Open(_)
+                | notify::event::AccessKind::Read
+                | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+        )
+    )
 }
 
 #[cfg(test)]
@@ -268,5 +283,24 @@ mod tests {
         })
         .await
         .expect("the new policy file was not picked up within a second");
+    }
+
+    #[tokio::test]
+    async fn reading_the_directory_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ns.yaml"), NAMESPACE).unwrap();
+        let mut snapshots = FileSource::new(dir.path())
+            .watch(Duration::from_millis(50))
+            .unwrap();
+        snapshots.borrow_and_update();
+        // What another source watching the same directory does on every load.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::read(entry.unwrap().path()).unwrap();
+        }
+        let republished = tokio::time::timeout(Duration::from_millis(600), snapshots.changed());
+        assert!(
+            republished.await.is_err(),
+            "reading the files published a new snapshot (each load would schedule the next)"
+        );
     }
 }
