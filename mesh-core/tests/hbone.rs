@@ -345,6 +345,67 @@ async fn splice_carries_both_directions_and_half_closes() {
     );
 }
 
+/// Request/response through both splices, as an app's RPCs cross the mesh: messages from
+/// 1 byte to past a read chunk, some written in two parts with a pause between (data that
+/// arrives just after a read took everything), the last one followed by the client's EOF.
+/// A read that wrongly marked the socket drained would stall an exchange (each is bounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_ping_pong_never_stalls() {
+    let fixture = Fixture::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let request = request(&id("shop", "web"), &fixture.server, fixture.app);
+    let proxy = tokio::spawn(async move {
+        let (app, _) = listener.accept().await.unwrap();
+        let tunnel = fixture.client.connect(request).await.unwrap();
+        let counts = mesh_core::hbone::splice(&app, tunnel).await.unwrap();
+        drop(fixture);
+        counts
+    });
+
+    let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let sizes = [1usize, 7, 1024, 4096, 65_535, 65_536, 65_537, 100_000, 300];
+    let mut sent = 0u64;
+    for round in 0..600usize {
+        let size = sizes[round % sizes.len()];
+        let message: Vec<u8> = (0..size).map(|i| (i + round) as u8).collect();
+        let exchange = async {
+            if round % 3 == 0 && size > 1 {
+                let (first, rest) = message.split_at(size / 2);
+                stream.write_all(first).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                stream.write_all(rest).await.unwrap();
+            } else {
+                stream.write_all(&message).await.unwrap();
+            }
+            let mut echoed = vec![0u8; size];
+            stream.read_exact(&mut echoed).await.unwrap();
+            echoed
+        };
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("exchange {round} ({size} bytes) stalled"));
+        assert!(echoed == message, "exchange {round} ({size} bytes) intact");
+        sent += size as u64;
+    }
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the client's EOF reached the echo app and its close came back")
+        .unwrap();
+    assert!(rest.is_empty());
+    let counts = tokio::time::timeout(WAIT, proxy).await.unwrap().unwrap();
+    assert_eq!(
+        counts,
+        mesh_core::hbone::Spliced {
+            to_tunnel: sent,
+            from_tunnel: sent
+        }
+    );
+}
+
 /// A server whose first connection goes away (GOAWAY with last stream 0: nothing processed)
 /// as soon as it is made, as a ztunnel handing over may, and whose later connections
 /// answer 200.
