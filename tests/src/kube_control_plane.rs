@@ -1,4 +1,5 @@
-//! A real Kubernetes control plane for tests: etcd and kube-apiserver on loopback.
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver on loopback, and on
+//! request kube-controller-manager and kube-scheduler.
 //!
 //! The binaries come from `scripts/build-kube-control-plane` (built from their Go modules,
 //! cached outside the repo). The API server runs with a self-made serving certificate,
@@ -19,7 +20,9 @@ pub const ADMIN_TOKEN: &str = "mesh-test-admin";
 
 /// A running etcd + kube-apiserver; stopped and removed on drop.
 pub struct ControlPlane {
-    // Declared first so the API server stops before etcd.
+    // Declared first: they stop before the API server they talk to.
+    controllers: Vec<Process>,
+    // Declared before etcd so the API server stops first.
     apiserver: Option<Process>,
     /// How to start the API server again after [`ControlPlane::kill_apiserver`].
     apiserver_program: PathBuf,
@@ -197,6 +200,7 @@ impl ControlPlane {
         .collect();
 
         let mut plane = ControlPlane {
+            controllers: Vec::new(),
             apiserver: None,
             apiserver_program: bin.join("kube-apiserver"),
             apiserver_args,
@@ -247,6 +251,82 @@ impl ControlPlane {
                     ))),
                     Err(err) => Err(err),
                 }
+            },
+        )
+    }
+
+    /// Starts kube-controller-manager and kube-scheduler against this API server (in its
+    /// namespace), so the real controllers handle Deployments, ReplicaSets, DaemonSets,
+    /// EndpointSlices, ServiceAccounts and their tokens, and the real scheduler binds pods
+    /// to nodes. Returns once the controllers act: the `default` ServiceAccount of the
+    /// `default` namespace exists and the cluster's CA is published in `kube-root-ca.crt`.
+    pub fn start_controllers(&mut self) -> Result<()> {
+        if !self.controllers.is_empty() {
+            return Ok(());
+        }
+        let bin = binaries()?;
+        let dir = self.dir.path().to_path_buf();
+        let kubeconfig = dir.join("admin.kubeconfig");
+        self.write_kubeconfig(&kubeconfig, ADMIN_TOKEN)?;
+        let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
+        let components: [(&str, Vec<String>); 2] = [
+            (
+                "kube-controller-manager",
+                vec![
+                    kubeconfig.clone(),
+                    format!(
+                        "--service-account-private-key-file={}",
+                        dir.join("sa.key").display()
+                    ),
+                    format!("--root-ca-file={}", self.ca_file.display()),
+                    // Each controller acts as its own ServiceAccount, under the roles the
+                    // API server bootstraps for it, as in a real cluster.
+                    "--use-service-account-credentials=true".into(),
+                    "--leader-elect=false".into(),
+                    "--secure-port=0".into(),
+                ],
+            ),
+            (
+                "kube-scheduler",
+                vec![
+                    kubeconfig,
+                    "--leader-elect=false".into(),
+                    "--secure-port=0".into(),
+                ],
+            ),
+        ];
+        for (name, args) in components {
+            let mut command = match &self.netns {
+                Some(path) => crate::netns::command_in(path, bin.join(name))?,
+                None => Command::new(bin.join(name)),
+            };
+            command.args(args);
+            self.controllers.push(Process::spawn(name, command, &dir)?);
+        }
+        eventually(
+            "the controllers to act (default ServiceAccount, kube-root-ca.crt)",
+            Duration::from_secs(60),
+            || {
+                for component in &self.controllers {
+                    if let Some(status) = component.exit_status()? {
+                        return Err(HarnessError::ControlPlane(format!(
+                            "a controller exited ({status}):\n{}",
+                            component.logs()
+                        )));
+                    }
+                }
+                for path in [
+                    "/api/v1/namespaces/default/serviceaccounts/default",
+                    "/api/v1/namespaces/default/configmaps/kube-root-ca.crt",
+                ] {
+                    let (code, body) = self.get(ADMIN_TOKEN, path)?;
+                    if code != 200 {
+                        return Err(HarnessError::ControlPlane(format!(
+                            "GET {path}: {code} {body}"
+                        )));
+                    }
+                }
+                Ok(())
             },
         )
     }
