@@ -47,20 +47,17 @@ fn register_node(plane: &ControlPlane, name: &str) {
             }],
         }
     });
-    kubectl(
-        plane,
-        &[
-            "patch",
-            "node",
-            name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )
-    .unwrap();
+    patch_status(plane, &["node", name], &status);
+}
+
+/// Sets an object's status, as the component that owns it would (`what`: kind, name and
+/// any namespace flags).
+fn patch_status(plane: &ControlPlane, what: &[&str], status: &serde_json::Value) {
+    let patch = status.to_string();
+    let mut args = vec!["patch"];
+    args.extend(what);
+    args.extend(["--subresource=status", "--type=merge", "-p", &patch]);
+    kubectl(plane, &args, None).unwrap();
 }
 
 const WORKLOADS: &str = r#"
@@ -203,22 +200,7 @@ fn the_real_controllers_and_scheduler_run_workloads() {
                 "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": now }],
             }
         });
-        kubectl(
-            &plane,
-            &[
-                "patch",
-                "pod",
-                pod,
-                "-n",
-                "shop",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ],
-            None,
-        )
-        .unwrap();
+        patch_status(&plane, &["pod", pod, "-n", "shop"], &status);
         ips.insert(ip);
     }
     eventually(
