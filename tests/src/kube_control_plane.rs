@@ -43,26 +43,10 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
-/// The directory holding `kube-apiserver` and `etcd`, building them if needed.
+/// The directory holding the control plane's binaries, building them if needed
+/// (`$MESH_KUBE_BIN` or `scripts/build-kube-control-plane`).
 pub fn binaries() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("MESH_KUBE_BIN") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-kube-control-plane");
-    let output = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|err| HarnessError::io(format!("running {}", script.display()), err))?;
-    if !output.status.success() {
-        return Err(HarnessError::Command {
-            command: script.display().to_string(),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&output.stdout).trim(),
-    ))
+    crate::go_builds::built("MESH_KUBE_BIN", "build-kube-control-plane")
 }
 
 fn free_port(ip: IpAddr) -> Result<u16> {

@@ -28,6 +28,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod error;
 pub mod eventually;
+pub mod go_builds;
 pub mod kube_control_plane;
 pub mod kube_yaml;
 pub mod kubectl;

@@ -49,19 +49,10 @@ fn conf(agent_socket: &str, log: &str) -> String {
     .to_string()
 }
 
-#[test]
-fn add_hands_the_pod_namespace_to_the_agent_and_passes_the_result_through() {
-    let cluster = Cluster::builder()
-        .node("n1")
-        .pod("fresh")
-        .namespace("shop")
-        .pod("outsider")
-        .namespace("legacy")
-        .namespace_labels("shop", [("istio.io/dataplane-mode", "ambient")])
-        .build()
-        .unwrap();
-    // The agent cannot find pods by itself here (empty search dir, no /proc scan): only the
-    // plugin's ADD can tell it where the pod's namespace is.
+/// The node agent of `n1`, told about pods only by the plugin: its namespace search dir is
+/// empty and it does not scan /proc, so only an ADD can say where a pod's namespace is.
+/// Returns it and its plugin socket.
+fn start_agent(cluster: &Cluster) -> (std::sync::Arc<mesh_tests::Process>, String) {
     let empty = cluster.work_dir().join("no-netns");
     std::fs::create_dir_all(&empty).unwrap();
     let plugin_socket = cluster.work_dir().join("cni.sock").display().to_string();
@@ -95,16 +86,35 @@ fn add_hands_the_pod_namespace_to_the_agent_and_passes_the_result_through() {
         }
     })
     .unwrap();
+    (agent, plugin_socket)
+}
+
+/// How many of our chains the pod namespace at `netns` has (0: not captured).
+fn capture_rules(netns: &std::path::Path) -> usize {
+    let out = mesh_tests::netns::command_in(netns, "iptables-nft-save")
+        .unwrap()
+        .args(["-t", "nat"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches("ISTIO_OUTPUT")
+        .count()
+}
+
+#[test]
+fn add_hands_the_pod_namespace_to_the_agent_and_passes_the_result_through() {
+    let cluster = Cluster::builder()
+        .node("n1")
+        .pod("fresh")
+        .namespace("shop")
+        .pod("outsider")
+        .namespace("legacy")
+        .namespace_labels("shop", [("istio.io/dataplane-mode", "ambient")])
+        .build()
+        .unwrap();
+    let (agent, plugin_socket) = start_agent(&cluster);
     let log = cluster.work_dir().join("cni.log").display().to_string();
-    let rules = |pod: &str| {
-        let out = cluster
-            .pod(pod)
-            .exec("iptables-nft-save", ["-t", "nat"])
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .matches("ISTIO_OUTPUT")
-            .count()
-    };
+    let rules = |pod: &str| capture_rules(&cluster.pod(pod).netns().path());
     assert_eq!(rules("fresh"), 0, "not captured before the ADD");
 
     let netns = cluster.pod("fresh").netns().path().display().to_string();
@@ -250,4 +260,124 @@ fn the_agent_installs_and_chains_the_plugin_and_uninstalls_it() {
     assert!(status.success());
     assert_eq!(chained(), original);
     assert!(!installed.exists());
+}
+
+/// A pod's network as a kubelet's container runtime makes it: cnitool (the CNI project's
+/// reference runtime) runs the node's configuration list, the standard ptp plugin with
+/// host-local addresses as the primary network and istio-cni chained after it, against a
+/// new, empty network namespace; ADD gives it an address and a route and the agent captures
+/// it, DEL takes the interface and the address lease back.
+#[test]
+fn a_pod_network_from_the_nodes_conflist_is_captured_through_the_chained_plugin() {
+    let cluster = Cluster::builder()
+        .node("n1")
+        .pod("fresh")
+        .namespace("shop")
+        .namespace_labels("shop", [("istio.io/dataplane-mode", "ambient")])
+        .build()
+        .unwrap();
+    let (agent, plugin_socket) = start_agent(&cluster);
+    let plugins = mesh_tests::go_builds::cni_plugins().unwrap();
+    let dir = |name: &str| {
+        let path = cluster.work_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    // The node's CNI binary directory and configuration, as a cluster installs them.
+    let bin = dir("cni-bin");
+    for name in ["ptp", "host-local"] {
+        std::os::unix::fs::symlink(plugins.join(name), bin.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        workspace_binary("istio-cni").unwrap(),
+        bin.join("istio-cni"),
+    )
+    .unwrap();
+    let net_d = dir("net.d");
+    let leases = dir("ipam");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [
+            {
+                "type": "ptp",
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{
+                        "subnet": "10.244.1.0/24",
+                        "rangeStart": "10.244.1.200",
+                        "rangeEnd": "10.244.1.210",
+                    }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": leases,
+                },
+            },
+            {
+                "type": "istio-cni",
+                "log_file": cluster.work_dir().join("cni.log"),
+                "agent_socket": plugin_socket,
+            },
+        ],
+    });
+    std::fs::write(net_d.join("10-k8s.conflist"), conflist.to_string()).unwrap();
+
+    // The pod's namespace as the runtime creates it: nothing in it but loopback.
+    let pod = mesh_tests::netns::NetNs::create(format!("{}-runtime-pod", cluster.id())).unwrap();
+    let cnitool = |command: &str| {
+        let output = cluster
+            .node("n1")
+            .netns()
+            .command(plugins.join("cnitool"))
+            .unwrap()
+            .args([command, "k8s-pod-network"])
+            .arg(pod.path())
+            .env("NETCONFPATH", &net_d)
+            .env("CNI_PATH", &bin)
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=fresh",
+            )
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cnitool {command}: {}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            agent.logs()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(capture_rules(&pod.path()), 0, "not captured before the ADD");
+
+    let result: serde_json::Value = serde_json::from_str(&cnitool("add")).unwrap();
+    assert_eq!(
+        result["ips"][0]["address"], "10.244.1.200/24",
+        "the primary network's result came through the chained plugin: {result}"
+    );
+    let address = pod
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(address.contains("10.244.1.200/24"), "{address}");
+    let routes = pod.ip(&["-4", "route"]).unwrap();
+    assert!(routes.contains("default via"), "{routes}");
+    eventually(
+        "the pod to be captured",
+        Duration::from_secs(10),
+        || match capture_rules(&pod.path()) {
+            0 => Err("no rules yet"),
+            _ => Ok(()),
+        },
+    )
+    .unwrap();
+    let lease = leases.join("k8s-pod-network").join("10.244.1.200");
+    assert!(lease.exists(), "host-local leased the address");
+
+    cnitool("del");
+    assert!(!lease.exists(), "DEL released the address");
+    assert!(
+        pod.ip(&["link", "show", "dev", "eth0"]).is_err(),
+        "DEL removed the pod's interface"
+    );
 }
