@@ -32,6 +32,10 @@ pub struct ControlPlane {
     ca_file: PathBuf,
     /// The network namespace it runs in (`None`: the host's).
     netns: Option<PathBuf>,
+    /// The cluster CA: the API server trusts the client certificates it signs (nodes'),
+    /// and it signs the API server's kubelet client certificate and the nodes' kubelet
+    /// serving certificates.
+    cluster_ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     dir: tempfile::TempDir,
 }
 
@@ -75,6 +79,47 @@ fn write(path: &Path, contents: &str) -> Result<()> {
     file.write_all(contents.as_bytes()).map_err(failed)
 }
 
+fn issue_certificate(
+    ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: &Path,
+    name: &str,
+    common_name: &str,
+    group: Option<&str>,
+    ips: &[IpAddr],
+) -> Result<(PathBuf, PathBuf)> {
+    let generate = |err: rcgen::Error| {
+        HarnessError::ControlPlane(format!("issuing {name}'s certificate: {err}"))
+    };
+    let key = rcgen::KeyPair::generate().map_err(generate)?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    if let Some(group) = group {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, group);
+    }
+    params.subject_alt_names = ips
+        .iter()
+        .map(|ip| rcgen::SanType::IpAddress(*ip))
+        .collect();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if !ips.is_empty() {
+        params
+            .extended_key_usages
+            .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    let cert = params.signed_by(&key, ca).map_err(generate)?;
+    let (cert_file, key_file) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    write(&cert_file, &cert.pem())?;
+    write(&key_file, &key.serialize_pem())?;
+    Ok((cert_file, key_file))
+}
+
 impl ControlPlane {
     /// Starts etcd and kube-apiserver on the host's loopback and waits until ready.
     pub fn start() -> Result<Self> {
@@ -113,6 +158,27 @@ impl ControlPlane {
         let signing = rcgen::KeyPair::generate().map_err(generate)?;
         write(&path("sa.key"), &signing.serialize_pem())?;
         write(&path("sa.pub"), &signing.public_key_pem())?;
+        let ca_key = rcgen::KeyPair::generate().map_err(generate)?;
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mesh test cluster CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(generate)?;
+        write(&path("cluster-ca.crt"), &ca_cert.pem())?;
+        let cluster_ca = rcgen::Issuer::new(ca_params, ca_key);
+        issue_certificate(
+            &cluster_ca,
+            dir.path(),
+            "kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            &[],
+        )?;
         write(
             &path("tokens.csv"),
             &format!("{ADMIN_TOKEN},mesh-admin,mesh-admin,system:masters\n"),
@@ -178,6 +244,22 @@ impl ControlPlane {
             &ip.to_string(),
             "--endpoint-reconciler-type",
             "none",
+            // Nodes authenticate with certificates of the cluster CA; the API server
+            // reaches kubelets (logs, exec) with its own, checking theirs.
+            &format!("--client-ca-file={}", path("cluster-ca.crt").display()),
+            &format!(
+                "--kubelet-client-certificate={}",
+                path("kubelet-client.crt").display()
+            ),
+            &format!(
+                "--kubelet-client-key={}",
+                path("kubelet-client.key").display()
+            ),
+            &format!(
+                "--kubelet-certificate-authority={}",
+                path("cluster-ca.crt").display()
+            ),
+            "--kubelet-preferred-address-types=InternalIP",
         ]
         .iter()
         .map(|arg| arg.to_string())
@@ -192,6 +274,7 @@ impl ControlPlane {
             url: format!("https://{}", std::net::SocketAddr::new(ip, api_port)),
             ca_file: path("serving.crt"),
             netns: netns.clone(),
+            cluster_ca,
             dir,
         };
         plane.start_apiserver()?;
@@ -313,6 +396,25 @@ impl ControlPlane {
                 Ok(())
             },
         )
+    }
+
+    /// The cluster CA's certificate (PEM file).
+    pub fn cluster_ca_file(&self) -> PathBuf {
+        self.dir.path().join("cluster-ca.crt")
+    }
+
+    /// Issues a certificate of the cluster CA into `dir` as `<name>.crt` and `<name>.key`:
+    /// a client identity (`common_name`, in `group`: the certificate's organization) and,
+    /// with `ips`, a serving certificate for those addresses.
+    pub fn issue_certificate(
+        &self,
+        dir: &Path,
+        name: &str,
+        common_name: &str,
+        group: Option<&str>,
+        ips: &[IpAddr],
+    ) -> Result<(PathBuf, PathBuf)> {
+        issue_certificate(&self.cluster_ca, dir, name, common_name, group, ips)
     }
 
     /// The API server's URL.

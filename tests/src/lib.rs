@@ -30,6 +30,7 @@ pub mod error;
 pub mod eventually;
 pub mod go_builds;
 pub mod kube_control_plane;
+pub mod kube_nodes;
 pub mod kube_yaml;
 pub mod kubectl;
 pub mod mesh;

@@ -1,0 +1,395 @@
+//! Nodes that run pods: on a two-node cluster whose nodes run mesh-node-agent, Kubernetes
+//! itself schedules a Deployment's pods; each runs in a network namespace the node's CNI
+//! configuration made (ptp + host-local), with its environment and volumes; probes gate
+//! readiness; `kubectl exec` and `kubectl logs` go through the API server to the node; a
+//! crashing container restarts with back-off; an unmapped image fails like a pull error;
+//! deleting a pod runs CNI DEL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mesh_tests::apps::testapp_binary;
+use mesh_tests::eventually::eventually;
+use mesh_tests::kube_nodes::{Image, KubeCluster};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  greeting: hello from a ConfigMap
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+  namespace: shop
+stringData:
+  password: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {app: web}
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: web
+        image: example.com/mesh-testapp:1
+        args: [http-echo, --listen, "0.0.0.0:8080"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: POD_NAMESPACE
+          valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+        - name: NODE_NAME
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+        - name: POD_IP
+          valueFrom: {fieldRef: {fieldPath: status.podIP}}
+        - name: GREETING
+          valueFrom: {configMapKeyRef: {name: web-config, key: greeting}}
+        ports:
+        - {name: http, containerPort: 8080}
+        readinessProbe:
+          httpGet: {path: /, port: http}
+          periodSeconds: 1
+        volumeMounts:
+        - {name: config, mountPath: /etc/web/config}
+        - {name: secret, mountPath: /etc/web/secret, readOnly: true}
+        - {name: scratch, mountPath: /var/web/scratch}
+        - {name: node-dir, mountPath: /var/web/node}
+      volumes:
+      - name: config
+        configMap: {name: web-config}
+      - name: secret
+        secret: {secretName: web-secret}
+      - name: scratch
+        emptyDir: {}
+      - name: node-dir
+        hostPath: {path: /var/lib/web, type: DirectoryOrCreate}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+"#;
+
+const CRASHING: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: crasher
+  namespace: shop
+spec:
+  containers:
+  - name: crasher
+    image: example.com/shell:1
+    command: [sh, -c, 'echo "run of $HOSTNAME"; exit 3']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: unpullable
+  namespace: shop
+spec:
+  containers:
+  - name: main
+    image: example.com/not-in-the-table:1
+"#;
+
+fn images() -> BTreeMap<String, Image> {
+    let testapp = testapp_binary().expect("the mesh-testapp binary");
+    BTreeMap::from([
+        (
+            "example.com/mesh-testapp:1".to_string(),
+            Image {
+                entrypoint: vec![testapp.display().to_string()],
+                path: vec![],
+            },
+        ),
+        (
+            "example.com/shell:1".to_string(),
+            Image {
+                entrypoint: vec!["/bin/sh".into()],
+                path: vec!["/bin".into(), "/usr/bin".into()],
+            },
+        ),
+    ])
+}
+
+fn jsonpath(kube: &KubeCluster, args: &[&str], path: &str) -> String {
+    let format = format!("jsonpath={path}");
+    let mut all = args.to_vec();
+    all.extend(["-o", &format]);
+    kube.kubectl(&all).unwrap_or_default()
+}
+
+fn exec(kube: &KubeCluster, pod: &str, command: &[&str]) -> String {
+    let mut args = vec!["exec", "-n", "shop", pod, "--"];
+    args.extend(command);
+    kube.kubectl(&args)
+        .unwrap_or_else(|err| panic!("{err}\n{}", kube.agent_logs()))
+}
+
+#[test]
+fn kubernetes_runs_pods_on_the_nodes() {
+    let kube = KubeCluster::start(&["n1", "n2"], images()).expect("starting the cluster");
+    kube.kubectl_with_input(&["apply", "-f", "-"], Some(WORKLOADS))
+        .unwrap();
+
+    // The scheduler spreads the replicas; the agents run them and report them Ready once
+    // the readiness probe answers.
+    eventually("both web replicas to be ready", WAIT, || {
+        let ready = jsonpath(
+            &kube,
+            &["get", "deployment", "web", "-n", "shop"],
+            "{.status.readyReplicas}",
+        );
+        if ready == "2" {
+            Ok(())
+        } else {
+            Err(format!("readyReplicas={ready:?}\n{}", kube.agent_logs()))
+        }
+    })
+    .unwrap();
+    let listing = jsonpath(
+        &kube,
+        &["get", "pods", "-n", "shop", "-l", "app=web"],
+        r#"{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.hostIP}{"\n"}{end}"#,
+    );
+    let pods: Vec<Vec<String>> = listing
+        .lines()
+        .map(|line| line.split(' ').map(str::to_string).collect())
+        .collect();
+    assert_eq!(pods.len(), 2, "{listing}");
+    let mut nodes: Vec<&str> = pods.iter().map(|pod| pod[1].as_str()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2"], "one replica per node: {listing}");
+    for pod in &pods {
+        let node = kube.cluster().node(&pod[1]);
+        let (network, _) = node.pod_cidr();
+        let prefix = network.to_string();
+        let prefix = prefix.rsplit_once('.').unwrap().0;
+        assert!(
+            pod[2].starts_with(prefix),
+            "pod IP from the node's host-local range: {listing}"
+        );
+        assert_eq!(pod[3], node.underlay_ip().to_string(), "{listing}");
+    }
+    let (first, second) = (&pods[0], &pods[1]);
+
+    // kubectl exec runs in the pod: its network namespace (eth0 holds the pod IP), its
+    // environment (downward API, ConfigMap keys), its volumes.
+    let addresses = exec(
+        &kube,
+        &first[0],
+        &["ip", "-o", "-4", "addr", "show", "eth0"],
+    );
+    assert!(addresses.contains(&format!("{}/", first[2])), "{addresses}");
+    let environment = exec(
+        &kube,
+        &first[0],
+        &[
+            "sh",
+            "-c",
+            "echo $POD_NAME $POD_NAMESPACE $NODE_NAME $POD_IP; echo $GREETING",
+        ],
+    );
+    assert_eq!(
+        environment,
+        format!(
+            "{} shop {} {}\nhello from a ConfigMap\n",
+            first[0], first[1], first[2]
+        )
+    );
+    let files = exec(
+        &kube,
+        &first[0],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/web/config/greeting; echo; cat /etc/web/secret/password; echo; \
+             cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; \
+             touch /var/web/scratch/x /var/web/node/y && echo writable",
+        ],
+    );
+    assert_eq!(files, "hello from a ConfigMap\ns3cret\nshop\nwritable\n");
+    // The hostPath volume is the node's own directory.
+    assert!(
+        kube.host_root(&first[1]).join("var/lib/web/y").exists(),
+        "hostPath resolves under the node's root"
+    );
+    // The projected ServiceAccount token is a real one: the API server accepts it.
+    let whoami = exec(
+        &kube,
+        &first[0],
+        &[
+            "sh",
+            "-c",
+            "curl -sS --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
+             -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
+             https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews \
+             -X POST -H 'Content-Type: application/json' \
+             -d '{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}'",
+        ],
+    );
+    assert!(
+        whoami.contains("system:serviceaccount:shop:default"),
+        "{whoami}"
+    );
+    // Pod to pod across nodes, from inside the first pod.
+    let reply = exec(
+        &kube,
+        &first[0],
+        &["curl", "-sS", &format!("http://{}:8080/", second[2])],
+    );
+    assert!(reply.contains(&second[0]), "{reply}");
+    // An exec's exit status reaches kubectl.
+    let failed = kube
+        .kubectl(&["exec", "-n", "shop", &first[0], "--", "sh", "-c", "exit 7"])
+        .unwrap_err()
+        .to_string();
+    assert!(failed.contains("exit code 7"), "{failed}");
+
+    // The real controllers see the ready pods.
+    let endpoints = jsonpath(
+        &kube,
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "shop",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ],
+        "{.items[*].endpoints[*].addresses[*]}",
+    );
+    for pod in &pods {
+        assert!(endpoints.contains(&pod[2]), "{endpoints}");
+    }
+
+    // A crashing container restarts with back-off; its runs' output is in its logs.
+    kube.kubectl_with_input(&["apply", "-f", "-"], Some(CRASHING))
+        .unwrap();
+    eventually("the crasher to restart twice", WAIT, || {
+        let restarts = jsonpath(
+            &kube,
+            &["get", "pod", "crasher", "-n", "shop"],
+            "{.status.containerStatuses[0].restartCount}",
+        );
+        match restarts.parse::<u32>() {
+            Ok(count) if count >= 2 => Ok(()),
+            _ => Err(format!("restartCount={restarts:?}")),
+        }
+    })
+    .unwrap();
+    let state = jsonpath(
+        &kube,
+        &["get", "pod", "crasher", "-n", "shop"],
+        "{.status.containerStatuses[0].lastState.terminated.exitCode}",
+    );
+    assert_eq!(state, "3");
+    eventually("the crasher to be in CrashLoopBackOff", WAIT, || {
+        let reason = jsonpath(
+            &kube,
+            &["get", "pod", "crasher", "-n", "shop"],
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        );
+        if reason == "CrashLoopBackOff" {
+            Ok(())
+        } else {
+            Err(reason)
+        }
+    })
+    .unwrap();
+    let previous = kube
+        .kubectl(&["logs", "-n", "shop", "crasher", "--previous"])
+        .unwrap();
+    assert_eq!(previous, "run of crasher\n");
+    let table = kube
+        .kubectl(&["get", "pod", "crasher", "-n", "shop"])
+        .unwrap();
+    assert!(
+        table.lines().nth(1).is_some_and(|row| row
+            .split_whitespace()
+            .nth(3)
+            .and_then(|restarts| restarts.parse::<u32>().ok())
+            .is_some_and(|n| n >= 2)),
+        "kubectl get pods shows the restarts:\n{table}"
+    );
+
+    // An image the nodes do not have fails like a pull error, saying why.
+    eventually("the unpullable pod to report its image", WAIT, || {
+        let waiting = jsonpath(
+            &kube,
+            &["get", "pod", "unpullable", "-n", "shop"],
+            "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}",
+        );
+        if (waiting.starts_with("ErrImagePull") || waiting.starts_with("ImagePullBackOff"))
+            && waiting.contains("example.com/not-in-the-table:1")
+        {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
+    })
+    .unwrap();
+
+    // Deleting a pod stops it (SIGTERM), runs CNI DEL (host-local frees its address) and
+    // removes its network namespace; the object goes once the node is done.
+    let own_namespace = |pod: &str| {
+        kube.pod_namespaces()
+            .unwrap()
+            .into_iter()
+            .filter(|name| name.contains(&format!("-k-{pod}-")))
+            .count()
+    };
+    assert_eq!(own_namespace(&first[0]), 1);
+    let lease = kube
+        .host_root(&first[1])
+        .join("var/lib/cni/networks/k8s-pod-network")
+        .join(&first[2]);
+    assert!(lease.exists(), "host-local leased {}", first[2]);
+    kube.kubectl(&["delete", "pod", "-n", "shop", &first[0], "--wait=true"])
+        .unwrap();
+    assert!(!lease.exists(), "CNI DEL released {}", first[2]);
+    assert_eq!(own_namespace(&first[0]), 0, "its network namespace is gone");
+    // The ReplicaSet replaces it and it becomes ready again.
+    eventually("the Deployment to be whole again", WAIT, || {
+        let ready = jsonpath(
+            &kube,
+            &["get", "deployment", "web", "-n", "shop"],
+            "{.status.readyReplicas}",
+        );
+        if ready == "2" { Ok(()) } else { Err(ready) }
+    })
+    .unwrap();
+}
