@@ -5,8 +5,9 @@
 // namespace with its own mount namespace for its volumes. Images are not pulled: a table
 // the tests own maps each image reference to local executables.
 //
-// Run `mesh-node-agent --help` for the flags; `mesh-node-agent run-container SPEC` is the
-// helper it starts each container through (not for direct use).
+// Run `mesh-node-agent --help` for the flags. It runs the node in namespaces of its own
+// (machine.go); `node-init`, `serve` and `run-container SPEC` are the modes it starts
+// itself in (not for direct use).
 package main
 
 import (
@@ -60,13 +61,20 @@ type config struct {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "run-container" {
-		if len(os.Args) != 3 {
-			fmt.Fprintln(os.Stderr, "usage: mesh-node-agent run-container SPEC-FILE")
-			os.Exit(2)
+	args := os.Args[1:]
+	mode := "start"
+	if len(args) > 0 {
+		switch args[0] {
+		case "run-container":
+			if len(args) != 2 {
+				fmt.Fprintln(os.Stderr, "usage: mesh-node-agent run-container SPEC-FILE")
+				os.Exit(2)
+			}
+			runContainer(args[1]) // only returns on failure
+			os.Exit(127)
+		case "node-init", "serve":
+			mode, args = args[0], args[1:]
 		}
-		runContainer(os.Args[2]) // only returns on failure
-		os.Exit(127)
 	}
 	var cfg config
 	flag.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig of the node's identity (required)")
@@ -86,10 +94,16 @@ func main() {
 	flag.StringVar(&cfg.apiServer, "kubernetes-service", "", "HOST:PORT containers reach the API server at, set as KUBERNETES_SERVICE_HOST/PORT (there is no kube-proxy to translate the kubernetes Service)")
 	flag.DurationVar(&cfg.restartBackoff, "restart-backoff", 10*time.Second, "first delay before restarting a crashed container; doubles each time")
 	flag.DurationVar(&cfg.maxBackoff, "max-restart-backoff", 5*time.Minute, "longest delay before restarting a crashed container")
-	flag.Parse()
+	_ = flag.CommandLine.Parse(args)
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "mesh-node-agent: %v\n", err)
 		os.Exit(2)
+	}
+	switch mode {
+	case "start":
+		os.Exit(startMachine(args))
+	case "node-init":
+		os.Exit(nodeInit(args, cfg.hostRoot))
 	}
 	logger := logrus.StandardLogger()
 	logger.SetLevel(logrus.InfoLevel)

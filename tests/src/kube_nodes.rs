@@ -7,7 +7,9 @@
 //!
 //! Each node has a directory standing in for its root filesystem (`host_root`): its CNI
 //! configuration and plugins, and every hostPath volume, live there, so two nodes never
-//! share a hostPath as two machines would not.
+//! share a hostPath as two machines would not. Each agent runs its node in mount and PID
+//! namespaces of its own (its `/run/netns` and `/proc` show only its pods), which end with
+//! it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::Cluster;
 use crate::error::{HarnessError, Result};
 use crate::eventually::eventually;
 use crate::kube_control_plane::{ADMIN_TOKEN, ControlPlane};
 use crate::process::Process;
-use crate::{Cluster, netns};
 
 /// What a node agent may do: what a kubelet does through the Node authorizer, plus the
 /// cluster-wide reads virtual-kubelet's informers make (Secrets, ConfigMaps, Services).
@@ -319,12 +321,22 @@ impl KubeCluster {
             .join("\n")
     }
 
-    /// Names of the pod network namespaces the agents have now.
+    /// Names of the pod network namespaces the nodes have now (each node's `/run/netns`
+    /// is its own: `<host root>/run/netns`).
     pub fn pod_namespaces(&self) -> Result<Vec<String>> {
-        Ok(netns::list()?
-            .into_iter()
-            .filter(|name| name.starts_with(&self.pod_netns_prefix))
-            .collect())
+        let mut names = Vec::new();
+        for node in self.cluster.nodes() {
+            let dir = self.host_root(node.name()).join("run/netns");
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            names.extend(
+                entries
+                    .flatten()
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        Ok(names)
     }
 }
 
@@ -333,18 +345,10 @@ impl Drop for KubeCluster {
         if std::thread::panicking() {
             eprintln!("{}", self.agent_logs());
         }
-        for agent in self.agents.drain(..) {
-            drop(agent);
-        }
-        // The agents ran CNI DEL for the pods deleted before; the rest go with their
-        // namespaces (their veths and routes live in the node namespaces, dropped next).
-        if let Ok(names) = self.pod_namespaces() {
-            for name in names {
-                if let Err(err) = netns::delete(&name) {
-                    eprintln!("harness: deleting pod namespace {name}: {err}");
-                }
-            }
-        }
+        // Each agent's node (its PID and mount namespaces) ends with it: every pod
+        // process is killed and the pods' network namespaces, mounted only in the node's
+        // mount namespace, are released; their veths go with the node namespaces next.
+        self.agents.clear();
     }
 }
 
