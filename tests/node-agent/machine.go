@@ -12,11 +12,12 @@ import (
 )
 
 // A simulated node is a machine of its own to the pods on it: besides its network
-// namespace (which the tests give the agent), it has its own mount namespace, where
-// /run/netns is the node's directory (so `ip netns`, CNI plugins and istio-cni's
-// `--netns-dir` see only this node's pods), and its own PID namespace, where /proc shows
-// only its processes (what a hostPID pod such as istio-cni's scans). The agent starts
-// itself again inside those namespaces:
+// namespace (which the tests give the agent), it has its own mount namespace, where the
+// directories a node keeps to itself are the node's (nodeDirs, from --host-root), and its
+// own PID namespace, where /proc shows only its processes (what a hostPID pod such as
+// istio-cni's scans). So the kubelet, the CNI plugins it runs and the pods' hostPath
+// volumes all see the same node-local /etc/cni, /run/netns, /run/istio-cni..., as on a
+// real machine. The agent starts itself again inside those namespaces:
 //
 //	mesh-node-agent ...            (the tests' process: forwards signals, exits with it)
 //	└─ mesh-node-agent node-init   (PID 1 of the node: mounts, reaps orphans)
@@ -25,6 +26,11 @@ import (
 // When the outer process dies, the kernel kills the node's PID 1 (parent-death signal)
 // and with it every process of the node; its mounts, and so its pods' network
 // namespaces, go with the mount namespace.
+
+// nodeDirs are the directories each node has of its own (HOST-ROOT/<dir> mounted on
+// <dir>); everything else is the machine's, shared by every node. /run holds the pods'
+// network namespaces and the sockets of node daemons (istio-cni, ztunnel).
+var nodeDirs = []string{"/run", "/etc/cni", "/opt/cni", "/var/lib/cni", "/var/lib/kubelet"}
 
 // startMachine runs node-init in new mount and PID namespaces and waits for it.
 func startMachine(args []string) int {
@@ -55,14 +61,22 @@ func nodeInit(args []string, hostRoot string) int {
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fail(fmt.Errorf("mounting the node's /proc: %w", err))
 	}
-	netns := filepath.Join(hostRoot, "run/netns")
-	if err := os.MkdirAll(netns, 0o755); err != nil {
-		return fail(err)
+	for _, dir := range nodeDirs {
+		source := filepath.Join(hostRoot, dir)
+		if err := os.MkdirAll(source, 0o755); err != nil {
+			return fail(err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fail(err)
+		}
+		if err := unix.Mount(source, dir, "", unix.MS_BIND, ""); err != nil {
+			return fail(fmt.Errorf("mounting the node's %s: %w", dir, err))
+		}
 	}
 	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
 		return fail(err)
 	}
-	if err := unix.Mount(netns, "/run/netns", "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount("/run/netns", "/run/netns", "", unix.MS_BIND, ""); err != nil {
 		return fail(fmt.Errorf("mounting the node's /run/netns: %w", err))
 	}
 	// Shared, so each pod's namespace mount reaches the containers (slaves of it).

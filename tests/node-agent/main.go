@@ -81,10 +81,10 @@ func main() {
 	flag.StringVar(&cfg.nodeName, "node-name", "", "name of the Node to register (required)")
 	flag.StringVar(&cfg.nodeIP, "node-ip", "", "the node's InternalIP; the kubelet API listens on it (required)")
 	flag.StringVar(&cfg.podCIDR, "pod-cidr", "", "the Node's spec.podCIDR")
-	flag.StringVar(&cfg.hostRoot, "host-root", "", "directory standing in for the node's root filesystem: hostPath volumes resolve under it, except the kernel's and /run/netns (required)")
-	flag.StringVar(&cfg.stateDir, "state-dir", "", "where pods' volumes and logs live (default HOST-ROOT/var/lib/kubelet)")
-	flag.StringVar(&cfg.cniBinDir, "cni-bin-dir", "", "CNI plugin binaries (default HOST-ROOT/opt/cni/bin)")
-	flag.StringVar(&cfg.cniConfDir, "cni-conf-dir", "", "CNI network configuration (default HOST-ROOT/etc/cni/net.d)")
+	flag.StringVar(&cfg.hostRoot, "host-root", "", "directory holding the node's own /run, /etc/cni, /opt/cni, /var/lib/cni and /var/lib/kubelet, mounted there in the node's mount namespace (required)")
+	flag.StringVar(&cfg.stateDir, "state-dir", "/var/lib/kubelet", "where pods' volumes and logs live, on the node")
+	flag.StringVar(&cfg.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "CNI plugin binaries, on the node")
+	flag.StringVar(&cfg.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI network configuration, on the node")
 	flag.StringVar(&cfg.images, "images", "", "JSON file mapping image references to executables (required)")
 	flag.StringVar(&cfg.netnsPrefix, "netns-prefix", "mesh-pod", "prefix of the pods' network namespace names")
 	flag.StringVar(&cfg.servingCert, "tls-cert-file", "", "serving certificate of the kubelet API (required)")
@@ -140,15 +140,6 @@ func (cfg *config) validate() error {
 		if _, _, err := net.SplitHostPort(cfg.apiServer); err != nil {
 			return fmt.Errorf("--kubernetes-service: %v", err)
 		}
-	}
-	if cfg.stateDir == "" {
-		cfg.stateDir = cfg.hostRoot + "/var/lib/kubelet"
-	}
-	if cfg.cniBinDir == "" {
-		cfg.cniBinDir = cfg.hostRoot + "/opt/cni/bin"
-	}
-	if cfg.cniConfDir == "" {
-		cfg.cniConfDir = cfg.hostRoot + "/etc/cni/net.d"
 	}
 	if _, err := loadImages(cfg.images); err != nil {
 		return err

@@ -21,11 +21,6 @@ import (
 // brought up to date (a kubelet's sync period is about a minute; tests want less).
 const refreshEvery = 5 * time.Second
 
-// kernelPaths are the host paths a hostPath volume reaches as they are, because every
-// simulated node shares them with the machine: kernel filesystems and the network
-// namespaces' mount points. Any other hostPath resolves under the node's --host-root.
-var kernelPaths = []string{"/proc", "/sys", "/dev", "/run/netns", "/var/run/netns", "/run/xtables.lock"}
-
 // volumeSet is where each of a pod's volumes is on the node.
 type volumeSet struct {
 	paths   map[string]string
@@ -56,7 +51,7 @@ func prepareVolumes(ctx context.Context, r *podRuntime) (*volumeSet, error) {
 				return nil, err
 			}
 		case volume.HostPath != nil:
-			path, err := hostPath(r.p.cfg.hostRoot, volume.HostPath)
+			path, err := hostPath(volume.HostPath)
 			if err != nil {
 				return nil, fmt.Errorf("volume %q: %w", volume.Name, err)
 			}
@@ -100,18 +95,12 @@ func (r *podRuntime) logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "pod %s: %s\n", r.name(), fmt.Sprintf(format, args...))
 }
 
-// hostPath is where a hostPath volume is on this simulated node, checked or created per
-// its type.
-func hostPath(root string, source *corev1.HostPathVolumeSource) (string, error) {
-	path := filepath.Clean(source.Path)
-	if !filepath.IsAbs(path) {
+// hostPath is a hostPath volume's path on the node (whose own directories the node's
+// mount namespace holds, see nodeDirs), checked or created per its type.
+func hostPath(source *corev1.HostPathVolumeSource) (string, error) {
+	resolved := filepath.Clean(source.Path)
+	if !filepath.IsAbs(resolved) {
 		return "", fmt.Errorf("hostPath %q is not absolute", source.Path)
-	}
-	resolved := filepath.Join(root, path)
-	for _, kernel := range kernelPaths {
-		if path == kernel || strings.HasPrefix(path, kernel+"/") {
-			resolved = path
-		}
 	}
 	kind := corev1.HostPathUnset
 	if source.Type != nil {

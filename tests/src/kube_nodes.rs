@@ -5,11 +5,11 @@
 //! node's CNI configuration (ptp + host-local, then whatever is chained), and the
 //! containers as processes in it.
 //!
-//! Each node has a directory standing in for its root filesystem (`host_root`): its CNI
-//! configuration and plugins, and every hostPath volume, live there, so two nodes never
-//! share a hostPath as two machines would not. Each agent runs its node in mount and PID
-//! namespaces of its own (its `/run/netns` and `/proc` show only its pods), which end with
-//! it.
+//! Each agent runs its node in mount and PID namespaces of its own, which end with it:
+//! its `/proc` shows only its processes, and the directories a node keeps to itself
+//! (`/run`, `/etc/cni`, `/opt/cni`, `/var/lib/cni`, `/var/lib/kubelet`) are the node's,
+//! backed by `host_root(node)/<dir>`: its CNI configuration and plugins, its pods'
+//! network namespaces, the sockets and hostPath volumes of its daemons.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::Cluster;
 use crate::error::{HarnessError, Result};
 use crate::eventually::eventually;
 use crate::kube_control_plane::{ADMIN_TOKEN, ControlPlane};
 use crate::process::Process;
+use crate::{Cluster, netns};
 
 /// What a node agent may do: what a kubelet does through the Node authorizer, plus the
 /// cluster-wide reads virtual-kubelet's informers make (Secrets, ConfigMaps, Services).
@@ -174,7 +174,6 @@ impl KubeCluster {
                         "type": "host-local",
                         "ranges": [[{ "subnet": format!("{network}/{prefix}") }]],
                         "routes": [{ "dst": "0.0.0.0/0" }],
-                        "dataDir": root.join("var/lib/cni/networks"),
                     },
                 }],
             });
@@ -266,7 +265,7 @@ impl KubeCluster {
         &self.cluster
     }
 
-    /// The directory standing in for `node`'s root filesystem.
+    /// The directory backing `node`'s own directories (`<host_root>/run` is its `/run`).
     pub fn host_root(&self, node: &str) -> PathBuf {
         self.cluster.work_dir().join("hosts").join(node)
     }
@@ -312,6 +311,35 @@ impl KubeCluster {
         }
     }
 
+    /// Runs helm (`$MESH_HELM` or `scripts/build-helm`) as the admin, from the repository's
+    /// root; its stdout, or an error with its stderr.
+    pub fn helm(&self, args: &[&str]) -> Result<String> {
+        let helm = crate::go_builds::built("MESH_HELM", "build-helm")?;
+        let kubeconfig = self.cluster.work_dir().join("admin.kubeconfig");
+        if !kubeconfig.exists() {
+            self.plane.write_kubeconfig(&kubeconfig, ADMIN_TOKEN)?;
+        }
+        let mut command = match self.plane.netns() {
+            Some(path) => netns::command_in(path, &helm)?,
+            None => std::process::Command::new(&helm),
+        };
+        let output = command
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .output()
+            .map_err(|err| HarnessError::io("running helm", err))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(HarnessError::ControlPlane(format!(
+                "helm {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
     /// The agents' logs (for failure messages).
     pub fn agent_logs(&self) -> String {
         self.agents
@@ -321,8 +349,8 @@ impl KubeCluster {
             .join("\n")
     }
 
-    /// Names of the pod network namespaces the nodes have now (each node's `/run/netns`
-    /// is its own: `<host root>/run/netns`).
+    /// Names of the pod network namespaces the nodes have now (in each node's own
+    /// `/run/netns`).
     pub fn pod_namespaces(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for node in self.cluster.nodes() {

@@ -89,7 +89,7 @@ spec:
       - name: scratch
         emptyDir: {}
       - name: node-dir
-        hostPath: {path: /var/lib/web, type: DirectoryOrCreate}
+        hostPath: {path: /run/web, type: DirectoryOrCreate}
 ---
 apiVersion: v1
 kind: Service
@@ -242,10 +242,10 @@ fn kubernetes_runs_pods_on_the_nodes() {
         ],
     );
     assert_eq!(files, "hello from a ConfigMap\ns3cret\nshop\nwritable\n");
-    // The hostPath volume is the node's own directory.
+    // The hostPath volume is the node's own directory (its /run).
     assert!(
-        kube.host_root(&first[1]).join("var/lib/web/y").exists(),
-        "hostPath resolves under the node's root"
+        kube.host_root(&first[1]).join("run/web/y").exists(),
+        "hostPath is on the pod's node"
     );
     // The projected ServiceAccount token is a real one: the API server accepts it.
     let whoami = exec(

@@ -1,0 +1,347 @@
+//! `helm install` of deploy/chart, unchanged from what users get, on a two-node cluster
+//! whose nodes run pods: the ztunnel and istio-cni DaemonSets become Ready on both nodes,
+//! istio-cni chains its plugin into each node's CNI configuration, and pods created
+//! afterwards pass through it. Then the user's story: `kubectl label namespace shop
+//! istio.io/dataplane-mode=ambient` captures the pods that were there (by the agent) and
+//! the pods created after (through the chained plugin), and traffic between the nodes
+//! becomes mutual TLS.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mesh_tests::apps::{testapp_binary, workspace_binary};
+use mesh_tests::eventually::eventually;
+use mesh_tests::kube_nodes::{Image, KubeCluster};
+
+/// How long the DaemonSets may take to be Ready on every node, from `helm install`.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// The chart's default images, mapped to this build's binaries; the test app too.
+fn images() -> BTreeMap<String, Image> {
+    let binary = |name: &str| workspace_binary(name).expect("the workspace's binaries");
+    let dir = binary("ztunnel").parent().unwrap().display().to_string();
+    let image = |entrypoint: &str| Image {
+        entrypoint: vec![binary(entrypoint).display().to_string()],
+        path: vec![dir.clone()],
+    };
+    BTreeMap::from([
+        (
+            "ghcr.io/ambient-mesh/ztunnel:0.1.0".into(),
+            image("ztunnel"),
+        ),
+        (
+            "ghcr.io/ambient-mesh/istio-cni:0.1.0".into(),
+            image("istio-cni-agent"),
+        ),
+        (
+            "ghcr.io/ambient-mesh/waypoint:0.1.0".into(),
+            image("waypoint"),
+        ),
+        (
+            "example.com/mesh-testapp:1".into(),
+            Image {
+                entrypoint: vec![testapp_binary().unwrap().display().to_string()],
+                path: vec![],
+            },
+        ),
+    ])
+}
+
+fn jsonpath(kube: &KubeCluster, args: &[&str], path: &str) -> String {
+    let format = format!("jsonpath={path}");
+    let mut all = args.to_vec();
+    all.extend(["-o", &format]);
+    kube.kubectl(&all).unwrap_or_default()
+}
+
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {app: web}
+      containers:
+      - name: web
+        image: example.com/mesh-testapp:1
+        args: [http-echo, --listen, "0.0.0.0:8080"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+"#;
+
+#[test]
+fn helm_install_runs_the_mesh_on_every_node() {
+    let kube = KubeCluster::start(&["n1", "n2"], images()).expect("starting the cluster");
+    // The mesh CA, in Istio's cacerts layout, as an operator provides it.
+    let ca = kube.cluster().work_dir().join("cacerts");
+    mesh_core::cert::LocalCa::generate("cluster.local")
+        .and_then(|generated| generated.write_to(&ca))
+        .unwrap();
+    kube.kubectl(&["create", "namespace", "istio-system"])
+        .unwrap();
+    let from_dir = format!("--from-file={}", ca.display());
+    kube.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "cacerts",
+        "-n",
+        "istio-system",
+        &from_dir,
+    ])
+    .unwrap();
+
+    kube.helm(&[
+        "install",
+        "ambient-mesh",
+        "deploy/chart",
+        "--namespace",
+        "istio-system",
+    ])
+    .unwrap();
+    eventually("both DaemonSets Ready on both nodes", READY_WITHIN, || {
+        let ready = ["ztunnel", "istio-cni-node"].map(|name| {
+            jsonpath(
+                &kube,
+                &["get", "daemonset", name, "-n", "istio-system"],
+                "{.status.desiredNumberScheduled}/{.status.numberReady}",
+            )
+        });
+        if ready.iter().all(|r| r == "2/2") {
+            Ok(())
+        } else {
+            Err(format!(
+                "ztunnel, istio-cni-node desired/ready: {ready:?}\n{}",
+                kube.agent_logs()
+            ))
+        }
+    })
+    .unwrap();
+    let wide = kube
+        .kubectl(&["get", "pods", "-n", "istio-system", "-o", "wide"])
+        .unwrap();
+    for (app, node) in [
+        ("ztunnel", "n1"),
+        ("ztunnel", "n2"),
+        ("istio-cni-node", "n1"),
+        ("istio-cni-node", "n2"),
+    ] {
+        assert!(
+            wide.lines().any(|row| row.starts_with(app)
+                && row.split_whitespace().any(|column| column == node)
+                && row.contains("Running")),
+            "{app} on {node}:\n{wide}"
+        );
+    }
+
+    // istio-cni installed itself into each node's CNI configuration (its hostPath volumes
+    // are the node's own directories).
+    for node in ["n1", "n2"] {
+        let root = kube.host_root(node);
+        let conflist: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("etc/cni/net.d/10-k8s.conflist")).unwrap(),
+        )
+        .unwrap();
+        let types: Vec<&str> = conflist["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|plugin| plugin["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["ptp", "istio-cni"], "{node}: {conflist}");
+        assert!(root.join("opt/cni/bin/istio-cni").exists(), "{node}");
+    }
+
+    // Pods created now pass through the chained plugin (the agent hears of each one).
+    kube.kubectl_with_input(&["apply", "-f", "-"], Some(SHOP))
+        .unwrap();
+    eventually("the shop's pods to run", READY_WITHIN, || {
+        let ready = jsonpath(
+            &kube,
+            &["get", "deployment", "web", "-n", "shop"],
+            "{.status.readyReplicas}",
+        );
+        if ready == "2" { Ok(()) } else { Err(ready) }
+    })
+    .unwrap();
+    let webs = pods(&kube, "app=web");
+    assert_eq!(webs.len(), 2, "{webs:?}");
+    for (pod, _, _) in &webs {
+        assert_eq!(capture_rules(&kube, pod), 0, "{pod} is not captured yet");
+    }
+
+    kube.kubectl(&[
+        "label",
+        "namespace",
+        "shop",
+        "istio.io/dataplane-mode=ambient",
+    ])
+    .unwrap();
+    // Pods that existed: the agent captures them.
+    eventually("the existing pods to be captured", READY_WITHIN, || {
+        for (pod, _, _) in &webs {
+            if capture_rules(&kube, pod) == 0 {
+                return Err(format!("{pod} not captured"));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    // A pod created now: the chained plugin hands it to its node's agent at CNI ADD.
+    kube.kubectl_with_input(&["apply", "-f", "-"], Some(CLIENT))
+        .unwrap();
+    eventually("the client to run", READY_WITHIN, || {
+        let ready = jsonpath(
+            &kube,
+            &["get", "deployment", "client", "-n", "shop"],
+            "{.status.readyReplicas}",
+        );
+        if ready == "1" { Ok(()) } else { Err(ready) }
+    })
+    .unwrap();
+    let (client, client_node, _) = pods(&kube, "app=client").remove(0);
+    assert!(
+        capture_rules(&kube, &client) > 0,
+        "{client} captured at start"
+    );
+    let agent = pods_in(&kube, "istio-system", "app=istio-cni-node")
+        .into_iter()
+        .find(|(_, node, _)| *node == client_node)
+        .unwrap()
+        .0;
+    let agent_logs = kube
+        .kubectl(&["logs", "-n", "istio-system", &agent])
+        .unwrap();
+    assert!(
+        agent_logs
+            .lines()
+            .any(|line| line.contains("CNI ADD") && line.contains(&format!("shop/{client}"))),
+        "the plugin reported {client}:\n{agent_logs}"
+    );
+
+    // Client to the web pod on the other node: mutual TLS between the ztunnels, as the
+    // server node's ztunnel metrics say.
+    let (web, web_node, web_ip) = webs
+        .iter()
+        .find(|(_, node, _)| *node != client_node)
+        .cloned()
+        .unwrap();
+    eventually("cross-node traffic to be mutual TLS", READY_WITHIN, || {
+        let reply = kube
+            .kubectl(&[
+                "exec",
+                "-n",
+                "shop",
+                &client,
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{web_ip}:8080/"),
+            ])
+            .map_err(|err| err.to_string())?;
+        if !reply.contains(&web) {
+            return Err(format!("reply: {reply}"));
+        }
+        let node = kube.cluster().node(&web_node);
+        let metrics = node
+            .exec(
+                "curl",
+                [
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    &format!("http://{}:15020/metrics", node.underlay_ip()),
+                ],
+            )
+            .map_err(|err| err.to_string())?;
+        String::from_utf8_lossy(&metrics.stdout)
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+                    && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/default\"")
+            })
+            .map(|_| ())
+            .ok_or_else(|| "no mutual TLS connection in the metrics yet".to_string())
+    })
+    .unwrap();
+}
+
+const CLIENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: client
+  namespace: shop
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: client}
+  template:
+    metadata:
+      labels: {app: client}
+    spec:
+      containers:
+      - name: client
+        image: example.com/mesh-testapp:1
+        args: [tcp-echo]
+"#;
+
+/// The pods with `selector` in shop: (name, node, IP).
+fn pods(kube: &KubeCluster, selector: &str) -> Vec<(String, String, String)> {
+    pods_in(kube, "shop", selector)
+}
+
+fn pods_in(kube: &KubeCluster, namespace: &str, selector: &str) -> Vec<(String, String, String)> {
+    jsonpath(
+        kube,
+        &["get", "pods", "-n", namespace, "-l", selector],
+        r#"{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}"#,
+    )
+    .lines()
+    .filter_map(|line| {
+        let mut fields = line.split(' ').map(str::to_string);
+        Some((fields.next()?, fields.next()?, fields.next()?))
+    })
+    .collect()
+}
+
+/// How many of the mesh's capture chains the pod's network namespace has (0: not
+/// captured), read with iptables inside the pod.
+fn capture_rules(kube: &KubeCluster, pod: &str) -> usize {
+    kube.kubectl(&[
+        "exec",
+        "-n",
+        "shop",
+        pod,
+        "--",
+        "iptables-nft-save",
+        "-t",
+        "nat",
+    ])
+    .unwrap_or_default()
+    .matches("ISTIO_OUTPUT")
+    .count()
+}
