@@ -272,6 +272,22 @@ fn each_component_may_do_what_it_needs_and_nothing_more() {
             "waypoint {verb} {resource}"
         );
     }
+    // istio-cni reads its own DaemonSet (to tell an uninstall from a restart) and no other.
+    let can_in = |token: &str, verb: &str, what: &str| {
+        let out = plane
+            .kubectl(
+                token,
+                &["auth", "can-i", verb, what, "-n", "istio-system"],
+                None,
+            )
+            .unwrap();
+        out.stdout.trim() == "yes"
+    };
+    assert!(can_in(&cni, "get", "daemonsets.apps/istio-cni-node"));
+    assert!(!can_in(&cni, "get", "daemonsets.apps/ztunnel"));
+    assert!(can_in(&cni, "watch", "daemonsets.apps/istio-cni-node"));
+    assert!(!can_in(&cni, "list", "daemonsets.apps"));
+    assert!(!can_in(&ztunnel, "get", "daemonsets.apps/istio-cni-node"));
 }
 
 /// helm: `$MESH_HELM`, or the one scripts/build-helm builds (or has cached).

@@ -287,6 +287,92 @@ fn helm_install_runs_the_mesh_on_every_node() {
             .ok_or_else(|| "no mutual TLS connection in the metrics yet".to_string())
     })
     .unwrap();
+    let all_pods: Vec<String> = [&webs[0].0, &webs[1].0, &client]
+        .map(String::clone)
+        .to_vec();
+    let get_web = || {
+        kube.kubectl(&[
+            "exec",
+            "-n",
+            "shop",
+            &client,
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{web_ip}:8080/"),
+        ])
+    };
+
+    // Restarting either DaemonSet is a handover: the pods stay captured throughout, and
+    // new connections work once the rollout is done.
+    for daemonset in ["daemonset/ztunnel", "daemonset/istio-cni-node"] {
+        kube.kubectl(&["rollout", "restart", daemonset, "-n", "istio-system"])
+            .unwrap();
+        kube.kubectl(&[
+            "rollout",
+            "status",
+            daemonset,
+            "-n",
+            "istio-system",
+            "--timeout=180s",
+        ])
+        .unwrap_or_else(|err| panic!("{err}\n{}", kube.agent_logs()));
+        for pod in &all_pods {
+            assert!(
+                capture_rules(&kube, pod) > 0,
+                "{pod} still captured after restarting {daemonset}"
+            );
+        }
+        eventually(
+            format!("new connections after restarting {daemonset}"),
+            READY_WITHIN,
+            || {
+                let reply = get_web().map_err(|err| err.to_string())?;
+                if reply.contains(&web) {
+                    Ok(())
+                } else {
+                    Err(reply)
+                }
+            },
+        )
+        .unwrap();
+    }
+
+    // helm uninstall: istio-cni sees its DaemonSet gone, releases every pod and takes its
+    // plugin out of each node's configuration; traffic flows plain again.
+    kube.helm(&[
+        "uninstall",
+        "ambient-mesh",
+        "--namespace",
+        "istio-system",
+        "--wait",
+    ])
+    .unwrap();
+    eventually("every pod released", READY_WITHIN, || {
+        for pod in &all_pods {
+            if capture_rules(&kube, pod) > 0 {
+                return Err(format!("{pod} still has rules"));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    for node in ["n1", "n2"] {
+        let root = kube.host_root(node);
+        let conflist = std::fs::read_to_string(root.join("etc/cni/net.d/10-k8s.conflist")).unwrap();
+        assert!(!conflist.contains("istio-cni"), "{node}: {conflist}");
+        assert!(
+            !root.join("opt/cni/bin/istio-cni").exists(),
+            "{node}: plugin binary removed"
+        );
+    }
+    let reply = get_web().unwrap();
+    assert!(
+        reply.contains(&web),
+        "plain traffic after the uninstall: {reply}"
+    );
 }
 
 const CLIENT: &str = r#"

@@ -393,3 +393,96 @@ fn kubernetes_runs_pods_on_the_nodes() {
     })
     .unwrap();
 }
+
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(text)
+        .expect("valid YAML")
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The seed lecture's model-server Services and Pods, read from the fixture (checked
+/// against the lecture when this checkout sits beside it).
+fn seed_workloads() -> String {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(repo.join("tests/fixtures/seed-lecture-model-server.yaml"))
+        .expect("fixture");
+    let lecture = repo.join("../shared/seed/lecture-04-advanced-networking-and-service-mesh.md");
+    if let Ok(lecture) = std::fs::read_to_string(lecture) {
+        let mut from_lecture = Vec::new();
+        let mut rest = lecture.as_str();
+        while let Some(start) = rest.find("```yaml\n") {
+            let block = &rest[start + 8..];
+            let end = block.find("```").expect("closed block");
+            from_lecture.extend(documents(&block[..end]));
+            rest = &block[end..];
+        }
+        for object in documents(&text) {
+            assert!(
+                from_lecture.contains(&object),
+                "tests/fixtures/seed-lecture-model-server.yaml: no longer in the lecture: {object}"
+            );
+        }
+    }
+    text
+}
+
+#[test]
+fn the_seed_lectures_model_server_runs() {
+    let testapp = testapp_binary().expect("the mesh-testapp binary");
+    let images = BTreeMap::from([(
+        "model-server:v1".to_string(),
+        Image {
+            entrypoint: vec![
+                testapp.display().to_string(),
+                "http-echo".into(),
+                "--listen".into(),
+                "0.0.0.0:8080".into(),
+            ],
+            path: vec![],
+        },
+    )]);
+    let kube = KubeCluster::start(&["n1"], images).expect("starting the cluster");
+    kube.kubectl_with_input(&["apply", "-f", "-"], Some(&seed_workloads()))
+        .unwrap();
+    for pod in ["model-server", "low-latency-inference"] {
+        eventually(format!("{pod} to be ready"), WAIT, || {
+            let ready = jsonpath(
+                &kube,
+                &["get", "pod", pod],
+                "{.status.conditions[?(@.type=='Ready')].status}",
+            );
+            if ready == "True" {
+                Ok(())
+            } else {
+                Err(format!("Ready={ready:?}\n{}", kube.agent_logs()))
+            }
+        })
+        .unwrap();
+    }
+    let node = kube.cluster().node("n1");
+    let pod_ip = jsonpath(&kube, &["get", "pod", "model-server"], "{.status.podIP}");
+    let host_ip = jsonpath(
+        &kube,
+        &["get", "pod", "low-latency-inference"],
+        "{.status.podIP}",
+    );
+    assert_eq!(
+        host_ip,
+        node.underlay_ip().to_string(),
+        "hostNetwork: the node's IP"
+    );
+    assert_ne!(pod_ip, host_ip);
+    // Both answer on 8080: one in its own network namespace, one on the node's.
+    for ip in [&pod_ip, &host_ip] {
+        let out = node
+            .exec(
+                "curl",
+                ["-sS", "--max-time", "5", &format!("http://{ip}:8080/")],
+            )
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains("\"pod\""), "{ip}: {body}");
+    }
+}

@@ -7,6 +7,7 @@
 //! ([`plugin_events`] for the CNI plugin, [`sessions`] for ztunnel), so no peer can stall
 //! capture. Both sockets are for root only (mode 0600).
 
+pub mod lifecycle;
 mod plugin_events;
 pub mod sessions;
 
@@ -102,8 +103,23 @@ fn uid(workload: &Workload) -> String {
         .unwrap_or_else(|| format!("{}/{}", workload.namespace, workload.name))
 }
 
-/// Runs the agent until the task is dropped.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+/// How the agent is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Another agent takes over (a restart or a rolling update): pods stay captured, the
+    /// plugin stays installed, and the next agent adopts them.
+    Handover,
+    /// The agent leaves the node for good (its DaemonSet is gone): every pod is released
+    /// (rules removed, ztunnel told) and the plugin is removed from the CNI configuration.
+    Uninstall,
+}
+
+/// Runs the agent until `stop` resolves (or the task is dropped).
+pub async fn run(
+    config: AgentConfig,
+    stop: impl std::future::Future<Output = Stop>,
+) -> Result<(), AgentError> {
+    tokio::pin!(stop);
     let rules = rules::render(&config.rules);
     let mut snapshots = mesh_model::config::watch(
         &config.source,
@@ -116,7 +132,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let plugin_listener =
         bind_for_root(&config.plugin_socket, |p| tokio::net::UnixListener::bind(p))?;
 
-    let _installer = config
+    let installer = config
         .cni_install
         .clone()
         .map(|install| AbortOnDrop(tokio::spawn(keep_installed(install))));
@@ -141,6 +157,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
     loop {
         let changes = tokio::select! {
+            kind = &mut stop => {
+                drop(installer);
+                if kind == Stop::Uninstall {
+                    uninstall(&config, &rules, &mut captured, &mut sessions).await;
+                }
+                return Ok(());
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return Ok(());
@@ -168,6 +191,52 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         };
         sessions.broadcast(&changes);
     }
+}
+
+/// How long an uninstalling agent waits for ztunnel to hear of the released pods.
+const RELEASE_NOTICE: Duration = Duration::from_secs(2);
+
+/// Releases every captured pod and removes the plugin from the node.
+async fn uninstall(
+    config: &AgentConfig,
+    rules: &PodRules,
+    captured: &mut BTreeMap<String, Arc<Captured>>,
+    sessions: &mut Sessions,
+) {
+    let changes = release(rules, captured, |_| true);
+    tracing::info!(pods = changes.len(), "uninstalling: every pod released");
+    sessions.broadcast(&changes);
+    if let Some(install) = config.cni_install.clone() {
+        match tokio::task::spawn_blocking(move || install.uninstall()).await {
+            Ok(Ok(())) => tracing::info!("istio-cni plugin removed from the CNI configuration"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "removing the CNI plugin failed"),
+            Err(err) => tracing::warn!(error = %err, "CNI uninstall task failed"),
+        }
+    }
+    // The sessions' tasks send the deletions; give them a moment before the process ends.
+    tokio::time::sleep(RELEASE_NOTICE).await;
+}
+
+/// Removes the rules of the captured pods `which` selects; returns the deletions ztunnel
+/// must be told.
+fn release(
+    rules: &PodRules,
+    captured: &mut BTreeMap<String, Arc<Captured>>,
+    which: impl Fn(&str) -> bool,
+) -> Vec<Change> {
+    let gone: Vec<String> = captured.keys().filter(|uid| which(uid)).cloned().collect();
+    let mut changes = Vec::new();
+    for uid in gone {
+        if let Some(pod) = captured.remove(&uid) {
+            match mesh_core::netns::run_in(&pod.netns, || rules::remove(rules)) {
+                Ok(Ok(())) => tracing::info!(pod = %uid, "pod released; rules removed"),
+                Ok(Err(err)) => tracing::warn!(pod = %uid, error = %err, "removing rules failed"),
+                Err(err) => tracing::warn!(pod = %uid, error = %err, "pod namespace gone"),
+            }
+            changes.push(Change::Del(uid));
+        }
+    }
+    changes
 }
 
 /// Binds a unix socket at `path` (replacing a stale one) that only root may use: the
@@ -209,22 +278,7 @@ fn reconcile(
         .filter(|w| w.captured)
         .map(|w| (uid(&w), w))
         .collect();
-    let mut changes = Vec::new();
-    let gone: Vec<String> = captured
-        .keys()
-        .filter(|uid| !wanted.contains_key(*uid))
-        .cloned()
-        .collect();
-    for uid in gone {
-        if let Some(pod) = captured.remove(&uid) {
-            match mesh_core::netns::run_in(&pod.netns, || rules::remove(rules)) {
-                Ok(Ok(())) => tracing::info!(pod = %uid, "pod released; rules removed"),
-                Ok(Err(err)) => tracing::warn!(pod = %uid, error = %err, "removing rules failed"),
-                Err(err) => tracing::warn!(pod = %uid, error = %err, "pod namespace gone"),
-            }
-            changes.push(Change::Del(uid));
-        }
-    }
+    let mut changes = release(rules, captured, |uid| !wanted.contains_key(uid));
     for (uid, workload) in wanted {
         if captured.contains_key(&uid) {
             continue;

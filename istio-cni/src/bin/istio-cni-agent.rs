@@ -52,6 +52,13 @@ struct Args {
     /// The plugin binary to install (default: `istio-cni` beside this program).
     #[arg(long)]
     cni_plugin_binary: Option<PathBuf>,
+    /// This agent's pod namespace (downward API): with its name, lets SIGTERM tell an
+    /// uninstall (the DaemonSet is gone: release every pod) from a restart (keep them).
+    #[arg(long, env = "POD_NAMESPACE", requires = "pod_name")]
+    pod_namespace: Option<String>,
+    /// This agent's pod name (downward API).
+    #[arg(long, env = "POD_NAME", requires = "pod_namespace")]
+    pod_name: Option<String>,
     /// Remove the plugin from --cni-bin-dir and --cni-conf-dir, then exit.
     #[arg(long, requires = "cni_bin_dir")]
     uninstall_cni: bool,
@@ -90,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         source: mesh_model::config::Source::from_flags(
             &args.config_source,
             args.config_dir,
-            args.kubeconfig,
+            args.kubeconfig.clone(),
         )
         .map_err(anyhow::Error::msg)?,
         node_name: args.node_name,
@@ -108,10 +115,48 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        tokio::select! {
-            result = istio_cni::agent::run(config) => result.map_err(anyhow::Error::from),
-            _ = tokio::signal::ctrl_c() => Ok(()),
+    let own_pod = match (args.pod_namespace, args.pod_name) {
+        (Some(namespace), Some(name)) if args.config_source == "kubernetes" => {
+            Some(istio_cni::agent::lifecycle::OwnPod { namespace, name })
         }
+        _ => None,
+    };
+    let kubeconfig = args.kubeconfig.clone();
+    runtime.block_on(async {
+        let owner = match own_pod {
+            Some(own_pod) => {
+                match mesh_model::config::kube_source::client(kubeconfig.as_deref()).await {
+                    Ok(client) => Some(istio_cni::agent::lifecycle::Owner::watch(client, own_pod)),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "no API client to watch this agent's DaemonSet; stopping keeps pods captured");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let stop = async move {
+            stop_signal().await;
+            owner.map_or(istio_cni::agent::Stop::Handover, |owner| owner.decide())
+        };
+        istio_cni::agent::run(config, stop)
+            .await
+            .map_err(anyhow::Error::from)
     })
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
