@@ -90,6 +90,67 @@ fn applied_rules_read_back_exactly_and_reapplying_never_duplicates() {
     pod.run(|| rules::remove(&rendered)).unwrap().unwrap();
 }
 
+/// Packets counted by the jump into our nat OUTPUT chain (`iptables-save -c`).
+fn jump_packets(pod: &mesh_tests::Pod) -> u64 {
+    let out = pod
+        .netns()
+        .command("iptables-nft-save")
+        .unwrap()
+        .args(["-c", "-t", "nat"])
+        .output()
+        .unwrap();
+    let saved = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = saved
+        .lines()
+        .find(|line| line.contains("-A OUTPUT -j ISTIO_OUTPUT"))
+        .unwrap_or_else(|| panic!("no jump:\n{saved}"));
+    line.trim_start_matches('[')
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn reapplying_rules_already_in_place_leaves_them_untouched() {
+    let cluster = cluster();
+    let pod = cluster.pod("client");
+    let rendered = rules::render(&InpodConfig::default());
+    pod.run(|| rules::apply(&rendered)).unwrap().unwrap();
+    assert!(pod.run(|| rules::is_installed(&rendered)).unwrap().unwrap());
+    // Traffic through the nat OUTPUT jump (new connections to loopback, refused).
+    let knock = || {
+        pod.run(|| {
+            for _ in 0..3 {
+                let _ = TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], 9)),
+                    Duration::from_millis(200),
+                );
+            }
+        })
+        .unwrap()
+    };
+    knock();
+    let before = jump_packets(pod);
+    assert!(before >= 3, "the jump counts packets: {before}");
+    // A new agent adopting the pod: the rules stay the same objects (the counter would
+    // start from 0 if they were removed and added again, leaving a gap without capture).
+    pod.run(|| rules::apply(&rendered)).unwrap().unwrap();
+    assert!(jump_packets(pod) >= before, "the rules were replaced");
+    // Stale rules (one missing) are replaced as a whole.
+    pod.netns()
+        .command("iptables-nft")
+        .unwrap()
+        .args(["-t", "nat", "-D", "OUTPUT", "-j", "ISTIO_OUTPUT"])
+        .status()
+        .unwrap();
+    assert!(!pod.run(|| rules::is_installed(&rendered)).unwrap().unwrap());
+    pod.run(|| rules::apply(&rendered)).unwrap().unwrap();
+    assert!(pod.run(|| rules::is_installed(&rendered)).unwrap().unwrap());
+    assert_eq!(jump_packets(pod), 0, "re-created");
+}
+
 /// SO_ORIGINAL_DST of a redirected connection.
 fn original_dst(stream: &TcpStream) -> SocketAddr {
     let raw = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::OriginalDst)

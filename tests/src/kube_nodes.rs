@@ -106,6 +106,47 @@ impl std::fmt::Debug for KubeCluster {
     }
 }
 
+/// The image the test app runs as (`mesh-testapp`, entrypoint only: pods give the
+/// subcommand as args).
+pub const TESTAPP_IMAGE: &str = "example.com/mesh-testapp:1";
+
+/// The chart's default images mapped to this build's binaries (what `helm install` of
+/// deploy/chart pulls), and the test app as [`TESTAPP_IMAGE`].
+pub fn mesh_images() -> Result<BTreeMap<String, Image>> {
+    let binary = |name: &str| crate::apps::workspace_binary(name);
+    let ztunnel = binary("ztunnel")?;
+    let dir = ztunnel
+        .parent()
+        .map(|dir| dir.display().to_string())
+        .unwrap_or_default();
+    let image = |entrypoint: PathBuf| Image {
+        entrypoint: vec![entrypoint.display().to_string()],
+        path: vec![dir.clone()],
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    Ok(BTreeMap::from([
+        (
+            format!("ghcr.io/ambient-mesh/ztunnel:{version}"),
+            image(ztunnel.clone()),
+        ),
+        (
+            format!("ghcr.io/ambient-mesh/istio-cni:{version}"),
+            image(binary("istio-cni-agent")?),
+        ),
+        (
+            format!("ghcr.io/ambient-mesh/waypoint:{version}"),
+            image(binary("waypoint")?),
+        ),
+        (
+            TESTAPP_IMAGE.to_string(),
+            Image {
+                entrypoint: vec![crate::apps::testapp_binary()?.display().to_string()],
+                path: vec![],
+            },
+        ),
+    ]))
+}
+
 /// The directory holding `mesh-node-agent` (`$MESH_NODE_AGENT_BIN` or
 /// `scripts/build-node-agent`).
 pub fn node_agent_binaries() -> Result<PathBuf> {
@@ -309,6 +350,58 @@ impl KubeCluster {
                 output.stderr.trim()
             )))
         }
+    }
+
+    /// Installs the mesh as an operator does: the mesh CA as the `cacerts` Secret (Istio's
+    /// layout) in `istio-system`, then `helm install ambient-mesh deploy/chart`; returns
+    /// once the ztunnel and istio-cni DaemonSets are Ready on every node, or fails after
+    /// `within`.
+    pub fn install_mesh(&self, within: Duration) -> Result<()> {
+        let ca = self.cluster.work_dir().join("cacerts");
+        mesh_core::cert::LocalCa::generate("cluster.local")
+            .and_then(|generated| generated.write_to(&ca))
+            .map_err(|err| HarnessError::Spec(format!("making the mesh CA: {err}")))?;
+        self.kubectl(&["create", "namespace", "istio-system"])?;
+        let from_dir = format!("--from-file={}", ca.display());
+        self.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "cacerts",
+            "-n",
+            "istio-system",
+            &from_dir,
+        ])?;
+        self.helm(&[
+            "install",
+            "ambient-mesh",
+            "deploy/chart",
+            "--namespace",
+            "istio-system",
+        ])?;
+        let nodes = self.cluster.nodes().len();
+        eventually("both DaemonSets Ready on every node", within, || {
+            let ready = ["ztunnel", "istio-cni-node"].map(|name| {
+                self.kubectl(&[
+                    "get",
+                    "daemonset",
+                    name,
+                    "-n",
+                    "istio-system",
+                    "-o",
+                    "jsonpath={.status.numberReady}",
+                ])
+                .unwrap_or_default()
+            });
+            if ready.iter().all(|count| *count == nodes.to_string()) {
+                Ok(())
+            } else {
+                Err(HarnessError::ControlPlane(format!(
+                    "ztunnel, istio-cni-node Ready: {ready:?} of {nodes}\n{}",
+                    self.agent_logs()
+                )))
+            }
+        })
     }
 
     /// Runs helm (`$MESH_HELM` or `scripts/build-helm`) as the admin, from the repository's

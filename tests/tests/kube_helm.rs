@@ -6,46 +6,13 @@
 //! the pods created after (through the chained plugin), and traffic between the nodes
 //! becomes mutual TLS.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mesh_tests::apps::{testapp_binary, workspace_binary};
 use mesh_tests::eventually::eventually;
-use mesh_tests::kube_nodes::{Image, KubeCluster};
+use mesh_tests::kube_nodes::{KubeCluster, mesh_images};
 
 /// How long the DaemonSets may take to be Ready on every node, from `helm install`.
 const READY_WITHIN: Duration = Duration::from_secs(120);
-
-/// The chart's default images, mapped to this build's binaries; the test app too.
-fn images() -> BTreeMap<String, Image> {
-    let binary = |name: &str| workspace_binary(name).expect("the workspace's binaries");
-    let dir = binary("ztunnel").parent().unwrap().display().to_string();
-    let image = |entrypoint: &str| Image {
-        entrypoint: vec![binary(entrypoint).display().to_string()],
-        path: vec![dir.clone()],
-    };
-    BTreeMap::from([
-        (
-            "ghcr.io/ambient-mesh/ztunnel:0.1.0".into(),
-            image("ztunnel"),
-        ),
-        (
-            "ghcr.io/ambient-mesh/istio-cni:0.1.0".into(),
-            image("istio-cni-agent"),
-        ),
-        (
-            "ghcr.io/ambient-mesh/waypoint:0.1.0".into(),
-            image("waypoint"),
-        ),
-        (
-            "example.com/mesh-testapp:1".into(),
-            Image {
-                entrypoint: vec![testapp_binary().unwrap().display().to_string()],
-                path: vec![],
-            },
-        ),
-    ])
-}
 
 fn jsonpath(kube: &KubeCluster, args: &[&str], path: &str) -> String {
     let format = format!("jsonpath={path}");
@@ -90,52 +57,18 @@ spec:
 
 #[test]
 fn helm_install_runs_the_mesh_on_every_node() {
-    let kube = KubeCluster::start(&["n1", "n2"], images()).expect("starting the cluster");
-    // The mesh CA, in Istio's cacerts layout, as an operator provides it.
-    let ca = kube.cluster().work_dir().join("cacerts");
-    mesh_core::cert::LocalCa::generate("cluster.local")
-        .and_then(|generated| generated.write_to(&ca))
-        .unwrap();
-    kube.kubectl(&["create", "namespace", "istio-system"])
-        .unwrap();
-    let from_dir = format!("--from-file={}", ca.display());
-    kube.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "cacerts",
-        "-n",
-        "istio-system",
-        &from_dir,
-    ])
-    .unwrap();
-
-    kube.helm(&[
-        "install",
-        "ambient-mesh",
-        "deploy/chart",
-        "--namespace",
-        "istio-system",
-    ])
-    .unwrap();
-    eventually("both DaemonSets Ready on both nodes", READY_WITHIN, || {
-        let ready = ["ztunnel", "istio-cni-node"].map(|name| {
-            jsonpath(
-                &kube,
-                &["get", "daemonset", name, "-n", "istio-system"],
-                "{.status.desiredNumberScheduled}/{.status.numberReady}",
-            )
-        });
-        if ready.iter().all(|r| r == "2/2") {
-            Ok(())
-        } else {
-            Err(format!(
-                "ztunnel, istio-cni-node desired/ready: {ready:?}\n{}",
-                kube.agent_logs()
-            ))
-        }
-    })
-    .unwrap();
+    let kube =
+        KubeCluster::start(&["n1", "n2"], mesh_images().unwrap()).expect("starting the cluster");
+    kube.install_mesh(READY_WITHIN)
+        .unwrap_or_else(|err| panic!("{err}"));
+    for daemonset in ["ztunnel", "istio-cni-node"] {
+        let status = jsonpath(
+            &kube,
+            &["get", "daemonset", daemonset, "-n", "istio-system"],
+            "{.status.desiredNumberScheduled}/{.status.numberReady}",
+        );
+        assert_eq!(status, "2/2", "{daemonset}");
+    }
     let wide = kube
         .kubectl(&["get", "pods", "-n", "istio-system", "-o", "wide"])
         .unwrap();
@@ -415,19 +348,25 @@ fn pods_in(kube: &KubeCluster, namespace: &str, selector: &str) -> Vec<(String, 
 }
 
 /// How many of the mesh's capture chains the pod's network namespace has (0: not
-/// captured), read with iptables inside the pod.
+/// captured), read with iptables inside the pod (an exec that fails is retried, never
+/// taken for 0).
 fn capture_rules(kube: &KubeCluster, pod: &str) -> usize {
-    kube.kubectl(&[
-        "exec",
-        "-n",
-        "shop",
-        pod,
-        "--",
-        "iptables-nft-save",
-        "-t",
-        "nat",
-    ])
-    .unwrap_or_default()
-    .matches("ISTIO_OUTPUT")
-    .count()
+    let mut last = String::new();
+    for _ in 0..5 {
+        match kube.kubectl(&[
+            "exec",
+            "-n",
+            "shop",
+            pod,
+            "--",
+            "iptables-nft-save",
+            "-t",
+            "nat",
+        ]) {
+            Ok(saved) => return saved.matches("ISTIO_OUTPUT").count(),
+            Err(err) => last = err.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("reading {pod}'s rules: {last}");
 }

@@ -69,8 +69,13 @@ fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<Stri
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Installs `rules` in the current namespace, replacing any earlier installation.
+/// Installs `rules` in the current namespace. Rules already exactly in place are left as
+/// they are, so a new agent adopting a captured pod (a restart, an upgrade) never opens a
+/// moment without redirection; anything else (none, stale or partial) is replaced.
 pub fn apply(rules: &PodRules) -> Result<(), RulesError> {
+    if is_installed(rules)? {
+        return Ok(());
+    }
     remove(rules)?;
     run(
         IPTABLES_RESTORE,
@@ -131,6 +136,42 @@ pub fn remove(rules: &PodRules) -> Result<(), RulesError> {
         // The kernel drops a routing table with its last route.
         Err(RulesError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(()),
         other => other.map(drop),
+    }
+}
+
+/// Whether exactly `rules` are in place: our chains and jumps as rendered (nothing more,
+/// nothing less), the policy rule and its route.
+pub fn is_installed(rules: &PodRules) -> Result<bool, RulesError> {
+    let mut wanted: Vec<String> = rules
+        .mangle
+        .iter()
+        .map(|rule| format!("mangle {rule}"))
+        .chain(rules.nat.iter().map(|rule| format!("nat {rule}")))
+        .collect();
+    wanted.sort();
+    let mut installed = installed_rules()?;
+    installed.sort();
+    if installed != wanted {
+        return Ok(false);
+    }
+    let pref = rules
+        .ip_rule
+        .iter()
+        .skip_while(|a| *a != "pref")
+        .nth(1)
+        .map_or("0", String::as_str);
+    if run("ip", &["-4", "rule", "show", "pref", pref], None)?
+        .lines()
+        .count()
+        != 1
+    {
+        return Ok(false);
+    }
+    let table = rules.ip_route.last().map_or("100", String::as_str);
+    match run("ip", &["-4", "route", "show", "table", table], None) {
+        Ok(routes) => Ok(!routes.trim().is_empty()),
+        Err(RulesError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 
 use mesh_core::inpod;
 
-pub use apply::{RulesError, apply, installed_rules, remove};
+pub use apply::{RulesError, apply, installed_rules, is_installed, remove};
 
 /// The chain in `mangle` PREROUTING and the one in `mangle`/`nat` OUTPUT that hold our rules.
 pub const CHAIN_PREROUTING: &str = "ISTIO_PRERT";

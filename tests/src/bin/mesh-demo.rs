@@ -13,6 +13,9 @@ use mesh_tests::apps::tcp_echo;
 use mesh_tests::mesh::Mesh;
 use mesh_tests::{Cluster, eventually};
 
+#[path = "mesh-demo/kubernetes.rs"]
+mod kubernetes;
+
 /// Build a simulated two-node cluster from network namespaces and show pod-to-pod traffic.
 #[derive(Parser)]
 #[command(version, about)]
@@ -20,10 +23,17 @@ struct Args {
     /// Keep the cluster up until Ctrl-C, to explore it with `ip netns exec`.
     #[arg(long)]
     hold: bool,
+    /// Run the same story on a Kubernetes cluster: a real control plane, nodes that run
+    /// pods (mesh-node-agent), the mesh installed with `helm install` of deploy/chart.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.kubernetes {
+        return kubernetes::demo(args.hold);
+    }
     let cluster = Cluster::builder()
         .node("node-1")
         .pod("client")
