@@ -3,7 +3,8 @@
 //! configuration made (ptp + host-local), with its environment and volumes; probes gate
 //! readiness; `kubectl exec` and `kubectl logs` go through the API server to the node; a
 //! crashing container restarts with back-off; an unmapped image fails like a pull error;
-//! deleting a pod runs CNI DEL.
+//! deleting a pod runs CNI DEL. Probes (startup, readiness, liveness) drive conditions and
+//! restarts, and containers get SIGTERM when they are stopped.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -392,6 +393,119 @@ fn kubernetes_runs_pods_on_the_nodes() {
         if ready == "2" { Ok(()) } else { Err(ready) }
     })
     .unwrap();
+}
+
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+  namespace: shop
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: main
+    image: example.com/shell:1
+    workingDir: /data
+    command:
+    - sh
+    - -c
+    - |
+      echo x >> /data/runs
+      trap 'echo "TERM in run $(wc -l < /data/runs)" >> /node/events; exit 0' TERM
+      touch started
+      mesh-testapp tcp-echo --listen 0.0.0.0:7000 &
+      while :; do sleep 0.2; done
+    startupProbe:
+      exec: {command: [test, -f, /data/started]}
+      periodSeconds: 1
+    readinessProbe:
+      exec: {command: [test, -f, /data/ready]}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {port: 7000}
+      periodSeconds: 1
+      failureThreshold: 2
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: node, mountPath: /node}
+  volumes:
+  - name: data
+    emptyDir: {}
+  - name: node
+    hostPath: {path: /run/probed, type: DirectoryOrCreate}
+"#;
+
+/// Startup (exec), readiness (exec) and liveness (TCP) probes drive the container's
+/// conditions and restarts; deleting the pod sends SIGTERM to its container.
+#[test]
+fn probes_set_conditions_and_restart_and_deletion_sends_sigterm() {
+    let mut table = images();
+    let testapp = testapp_binary().unwrap();
+    table
+        .get_mut("example.com/shell:1")
+        .unwrap()
+        .path
+        .push(testapp.parent().unwrap().display().to_string());
+    let kube = KubeCluster::start(&["n1"], table).expect("starting the cluster");
+    kube.kubectl(&["create", "namespace", "shop"]).unwrap();
+    kube.kubectl_with_input(&["apply", "-f", "-"], Some(PROBED))
+        .unwrap();
+    let field = |path: &str| jsonpath(&kube, &["get", "pod", "probed", "-n", "shop"], path);
+    eventually("the startup probe to pass", WAIT, || {
+        if field("{.status.containerStatuses[0].started}") == "true" {
+            Ok(())
+        } else {
+            Err(kube.agent_logs())
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        field("{.status.containerStatuses[0].ready}"),
+        "false",
+        "not ready until /data/ready"
+    );
+    exec(&kube, "probed", &["touch", "/data/ready"]);
+    eventually("the readiness probe to pass", WAIT, || {
+        let ready = field("{.status.conditions[?(@.type=='Ready')].status}");
+        if ready == "True" { Ok(()) } else { Err(ready) }
+    })
+    .unwrap();
+    exec(&kube, "probed", &["rm", "/data/ready"]);
+    eventually("the readiness probe to fail again", WAIT, || {
+        let ready = field("{.status.conditions[?(@.type=='Ready')].status}");
+        if ready == "False" { Ok(()) } else { Err(ready) }
+    })
+    .unwrap();
+    // The liveness probe's port closes: the container is restarted (SIGTERM first).
+    exec(&kube, "probed", &["pkill", "-x", "mesh-testapp"]);
+    eventually("the liveness probe to restart the container", WAIT, || {
+        let restarts = field("{.status.containerStatuses[0].restartCount}");
+        if restarts == "1" {
+            Ok(())
+        } else {
+            Err(restarts)
+        }
+    })
+    .unwrap();
+    let events = kube.host_root("n1").join("run/probed/events");
+    assert_eq!(std::fs::read_to_string(&events).unwrap(), "TERM in run 1\n");
+    eventually("the new run to be started", WAIT, || {
+        if field("{.status.containerStatuses[0].started}") == "true" {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .unwrap();
+    // Deleting the pod: SIGTERM to the container (which exits at once, well within its
+    // 30 s grace period), then the object goes.
+    kube.kubectl(&["delete", "pod", "probed", "-n", "shop", "--wait=true"])
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        "TERM in run 1\nTERM in run 2\n"
+    );
 }
 
 fn documents(text: &str) -> Vec<serde_json::Value> {
