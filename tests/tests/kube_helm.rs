@@ -40,6 +40,8 @@ spec:
     metadata:
       labels: {app: web}
     spec:
+      # http-echo, as its container's PID 1, ignores SIGTERM: the grace period ends it.
+      terminationGracePeriodSeconds: 3
       topologySpreadConstraints:
       - maxSkew: 1
         topologyKey: kubernetes.io/hostname
@@ -272,6 +274,62 @@ fn helm_install_runs_the_mesh_on_every_node() {
         )
         .unwrap();
     }
+
+    // Deleting a captured pod (CNI DEL, then the object goes): its node's agent forgets it.
+    let (doomed, doomed_node, _) = webs
+        .iter()
+        .find(|(name, _, _)| *name != web)
+        .cloned()
+        .unwrap();
+    let doomed_uid = jsonpath(
+        &kube,
+        &["get", "pod", &doomed, "-n", "shop"],
+        "{.metadata.uid}",
+    );
+    kube.kubectl(&["delete", "pod", &doomed, "-n", "shop", "--wait=true"])
+        .unwrap();
+    let agent = pods_in(&kube, "istio-system", "app=istio-cni-node")
+        .into_iter()
+        .find(|(_, node, _)| *node == doomed_node)
+        .unwrap()
+        .0;
+    eventually("the agent to forget the deleted pod", READY_WITHIN, || {
+        let logs = kube
+            .kubectl(&["logs", "-n", "istio-system", &agent])
+            .map_err(|err| err.to_string())?;
+        if logs.lines().any(|line| {
+            line.contains(&format!("pod={doomed_uid}"))
+                && (line.contains("pod released") || line.contains("pod namespace gone"))
+        }) {
+            Ok(())
+        } else {
+            Err(format!("{doomed} ({doomed_uid}) still known:\n{logs}"))
+        }
+    })
+    .unwrap();
+    eventually("the Deployment to be whole again", READY_WITHIN, || {
+        let ready = jsonpath(
+            &kube,
+            &["get", "deployment", "web", "-n", "shop"],
+            "{.status.readyReplicas}",
+        );
+        if ready == "2" { Ok(()) } else { Err(ready) }
+    })
+    .unwrap();
+    let mut all_pods: Vec<String> = pods(&kube, "app=web")
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    all_pods.push(client.clone());
+    eventually("the replacement to be captured", READY_WITHIN, || {
+        for pod in &all_pods {
+            if capture_rules(&kube, pod) == 0 {
+                return Err(format!("{pod} not captured"));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
 
     // helm uninstall: istio-cni sees its DaemonSet gone, releases every pod and takes its
     // plugin out of each node's configuration; traffic flows plain again.
