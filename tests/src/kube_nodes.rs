@@ -433,6 +433,42 @@ impl KubeCluster {
         }
     }
 
+    /// `kubectl <args> -o jsonpath=<path>`; "" when kubectl fails (an object not there yet).
+    pub fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let format = format!("jsonpath={path}");
+        let mut all = args.to_vec();
+        all.extend(["-o", &format]);
+        self.kubectl(&all).unwrap_or_default()
+    }
+
+    /// Waits until Deployment `namespace/name` has `replicas` ready replicas.
+    pub fn wait_deployment_ready(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: usize,
+        within: Duration,
+    ) -> Result<()> {
+        eventually(
+            format!("deployment {namespace}/{name} to have {replicas} ready replicas"),
+            within,
+            || {
+                let ready = self.jsonpath(
+                    &["get", "deployment", name, "-n", namespace],
+                    "{.status.readyReplicas}",
+                );
+                if ready == replicas.to_string() {
+                    Ok(())
+                } else {
+                    Err(HarnessError::ControlPlane(format!(
+                        "readyReplicas={ready:?}\n{}",
+                        self.agent_logs()
+                    )))
+                }
+            },
+        )
+    }
+
     /// The agents' logs (for failure messages).
     pub fn agent_logs(&self) -> String {
         self.agents

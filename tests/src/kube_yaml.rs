@@ -162,6 +162,15 @@ pub fn write_cluster(dir: &Path, spec: &ClusterSpec) -> Result<()> {
     Ok(())
 }
 
+/// The documents of a multi-document YAML text as JSON values (empty ones skipped).
+pub fn documents(text: &str) -> Result<Vec<serde_json::Value>> {
+    Ok(serde_saphyr::from_multiple::<serde_json::Value>(text)
+        .map_err(|err| HarnessError::Spec(format!("YAML: {err}")))?
+        .into_iter()
+        .filter(|document| !document.is_null())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,11 +28,7 @@ fn manifests() -> Vec<PathBuf> {
 
 /// Every YAML document of `text` that is not empty.
 fn documents(text: &str) -> Vec<serde_json::Value> {
-    serde_saphyr::from_multiple::<serde_json::Value>(text)
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
+    mesh_tests::kube_yaml::documents(text).expect("valid YAML")
 }
 
 fn admin(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {

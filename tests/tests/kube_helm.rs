@@ -14,13 +14,6 @@ use mesh_tests::kube_nodes::{KubeCluster, mesh_images};
 /// How long the DaemonSets may take to be Ready on every node, from `helm install`.
 const READY_WITHIN: Duration = Duration::from_secs(120);
 
-fn jsonpath(kube: &KubeCluster, args: &[&str], path: &str) -> String {
-    let format = format!("jsonpath={path}");
-    let mut all = args.to_vec();
-    all.extend(["-o", &format]);
-    kube.kubectl(&all).unwrap_or_default()
-}
-
 const SHOP: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -64,8 +57,7 @@ fn helm_install_runs_the_mesh_on_every_node() {
     kube.install_mesh(READY_WITHIN)
         .unwrap_or_else(|err| panic!("{err}"));
     for daemonset in ["ztunnel", "istio-cni-node"] {
-        let status = jsonpath(
-            &kube,
+        let status = kube.jsonpath(
             &["get", "daemonset", daemonset, "-n", "istio-system"],
             "{.status.desiredNumberScheduled}/{.status.numberReady}",
         );
@@ -109,15 +101,8 @@ fn helm_install_runs_the_mesh_on_every_node() {
     // Pods created now pass through the chained plugin (the agent hears of each one).
     kube.kubectl_with_input(&["apply", "-f", "-"], Some(SHOP))
         .unwrap();
-    eventually("the shop's pods to run", READY_WITHIN, || {
-        let ready = jsonpath(
-            &kube,
-            &["get", "deployment", "web", "-n", "shop"],
-            "{.status.readyReplicas}",
-        );
-        if ready == "2" { Ok(()) } else { Err(ready) }
-    })
-    .unwrap();
+    kube.wait_deployment_ready("shop", "web", 2, READY_WITHIN)
+        .unwrap();
     let webs = pods(&kube, "app=web");
     assert_eq!(webs.len(), 2, "{webs:?}");
     for (pod, _, _) in &webs {
@@ -144,15 +129,8 @@ fn helm_install_runs_the_mesh_on_every_node() {
     // A pod created now: the chained plugin hands it to its node's agent at CNI ADD.
     kube.kubectl_with_input(&["apply", "-f", "-"], Some(CLIENT))
         .unwrap();
-    eventually("the client to run", READY_WITHIN, || {
-        let ready = jsonpath(
-            &kube,
-            &["get", "deployment", "client", "-n", "shop"],
-            "{.status.readyReplicas}",
-        );
-        if ready == "1" { Ok(()) } else { Err(ready) }
-    })
-    .unwrap();
+    kube.wait_deployment_ready("shop", "client", 1, READY_WITHIN)
+        .unwrap();
     let (client, client_node, _) = pods(&kube, "app=client").remove(0);
     assert!(
         capture_rules(&kube, &client) > 0,
@@ -180,21 +158,23 @@ fn helm_install_runs_the_mesh_on_every_node() {
         .find(|(_, node, _)| *node != client_node)
         .cloned()
         .unwrap();
+    // From the client, a request to the web pod on the other node (kubectl exec curl).
+    let get_web = || {
+        kube.kubectl(&[
+            "exec",
+            "-n",
+            "shop",
+            &client,
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{web_ip}:8080/"),
+        ])
+    };
     eventually("cross-node traffic to be mutual TLS", READY_WITHIN, || {
-        let reply = kube
-            .kubectl(&[
-                "exec",
-                "-n",
-                "shop",
-                &client,
-                "--",
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{web_ip}:8080/"),
-            ])
-            .map_err(|err| err.to_string())?;
+        let reply = get_web().map_err(|err| err.to_string())?;
         if !reply.contains(&web) {
             return Err(format!("reply: {reply}"));
         }
@@ -225,20 +205,6 @@ fn helm_install_runs_the_mesh_on_every_node() {
     let all_pods: Vec<String> = [&webs[0].0, &webs[1].0, &client]
         .map(String::clone)
         .to_vec();
-    let get_web = || {
-        kube.kubectl(&[
-            "exec",
-            "-n",
-            "shop",
-            &client,
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{web_ip}:8080/"),
-        ])
-    };
 
     // Restarting either DaemonSet is a handover: the pods stay captured throughout, and
     // new connections work once the rollout is done.
@@ -281,11 +247,7 @@ fn helm_install_runs_the_mesh_on_every_node() {
         .find(|(name, _, _)| *name != web)
         .cloned()
         .unwrap();
-    let doomed_uid = jsonpath(
-        &kube,
-        &["get", "pod", &doomed, "-n", "shop"],
-        "{.metadata.uid}",
-    );
+    let doomed_uid = kube.jsonpath(&["get", "pod", &doomed, "-n", "shop"], "{.metadata.uid}");
     kube.kubectl(&["delete", "pod", &doomed, "-n", "shop", "--wait=true"])
         .unwrap();
     let agent = pods_in(&kube, "istio-system", "app=istio-cni-node")
@@ -307,15 +269,8 @@ fn helm_install_runs_the_mesh_on_every_node() {
         }
     })
     .unwrap();
-    eventually("the Deployment to be whole again", READY_WITHIN, || {
-        let ready = jsonpath(
-            &kube,
-            &["get", "deployment", "web", "-n", "shop"],
-            "{.status.readyReplicas}",
-        );
-        if ready == "2" { Ok(()) } else { Err(ready) }
-    })
-    .unwrap();
+    kube.wait_deployment_ready("shop", "web", 2, READY_WITHIN)
+        .unwrap();
     let mut all_pods: Vec<String> = pods(&kube, "app=web")
         .into_iter()
         .map(|(name, _, _)| name)
@@ -392,8 +347,7 @@ fn pods(kube: &KubeCluster, selector: &str) -> Vec<(String, String, String)> {
 }
 
 fn pods_in(kube: &KubeCluster, namespace: &str, selector: &str) -> Vec<(String, String, String)> {
-    jsonpath(
-        kube,
+    kube.jsonpath(
         &["get", "pods", "-n", namespace, "-l", selector],
         r#"{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}"#,
     )

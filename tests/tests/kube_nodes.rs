@@ -146,13 +146,6 @@ fn images() -> BTreeMap<String, Image> {
     ])
 }
 
-fn jsonpath(kube: &KubeCluster, args: &[&str], path: &str) -> String {
-    let format = format!("jsonpath={path}");
-    let mut all = args.to_vec();
-    all.extend(["-o", &format]);
-    kube.kubectl(&all).unwrap_or_default()
-}
-
 fn exec(kube: &KubeCluster, pod: &str, command: &[&str]) -> String {
     let mut args = vec!["exec", "-n", "shop", pod, "--"];
     args.extend(command);
@@ -168,22 +161,8 @@ fn kubernetes_runs_pods_on_the_nodes() {
 
     // The scheduler spreads the replicas; the agents run them and report them Ready once
     // the readiness probe answers.
-    eventually("both web replicas to be ready", WAIT, || {
-        let ready = jsonpath(
-            &kube,
-            &["get", "deployment", "web", "-n", "shop"],
-            "{.status.readyReplicas}",
-        );
-        if ready == "2" {
-            Ok(())
-        } else {
-            Err(format!("readyReplicas={ready:?}\n{}", kube.agent_logs()))
-        }
-    })
-    .unwrap();
-    let listing = jsonpath(
-        &kube,
-        &["get", "pods", "-n", "shop", "-l", "app=web"],
+    kube.wait_deployment_ready("shop", "web", 2, WAIT).unwrap();
+    let listing = kube.jsonpath(&["get", "pods", "-n", "shop", "-l", "app=web"],
         r#"{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.hostIP}{"\n"}{end}"#,
     );
     let pods: Vec<Vec<String>> = listing
@@ -281,8 +260,7 @@ fn kubernetes_runs_pods_on_the_nodes() {
     assert!(failed.contains("exit code 7"), "{failed}");
 
     // The real controllers see the ready pods.
-    let endpoints = jsonpath(
-        &kube,
+    let endpoints = kube.jsonpath(
         &[
             "get",
             "endpointslices",
@@ -301,8 +279,7 @@ fn kubernetes_runs_pods_on_the_nodes() {
     kube.kubectl_with_input(&["apply", "-f", "-"], Some(CRASHING))
         .unwrap();
     eventually("the crasher to restart twice", WAIT, || {
-        let restarts = jsonpath(
-            &kube,
+        let restarts = kube.jsonpath(
             &["get", "pod", "crasher", "-n", "shop"],
             "{.status.containerStatuses[0].restartCount}",
         );
@@ -312,15 +289,13 @@ fn kubernetes_runs_pods_on_the_nodes() {
         }
     })
     .unwrap();
-    let state = jsonpath(
-        &kube,
+    let state = kube.jsonpath(
         &["get", "pod", "crasher", "-n", "shop"],
         "{.status.containerStatuses[0].lastState.terminated.exitCode}",
     );
     assert_eq!(state, "3");
     eventually("the crasher to be in CrashLoopBackOff", WAIT, || {
-        let reason = jsonpath(
-            &kube,
+        let reason = kube.jsonpath(
             &["get", "pod", "crasher", "-n", "shop"],
             "{.status.containerStatuses[0].state.waiting.reason}",
         );
@@ -349,9 +324,7 @@ fn kubernetes_runs_pods_on_the_nodes() {
 
     // An image the nodes do not have fails like a pull error, saying why.
     eventually("the unpullable pod to report its image", WAIT, || {
-        let waiting = jsonpath(
-            &kube,
-            &["get", "pod", "unpullable", "-n", "shop"],
+        let waiting = kube.jsonpath(&["get", "pod", "unpullable", "-n", "shop"],
             "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}",
         );
         if (waiting.starts_with("ErrImagePull") || waiting.starts_with("ImagePullBackOff"))
@@ -384,15 +357,7 @@ fn kubernetes_runs_pods_on_the_nodes() {
     assert!(!lease.exists(), "CNI DEL released {}", first[2]);
     assert_eq!(own_namespace(&first[0]), 0, "its network namespace is gone");
     // The ReplicaSet replaces it and it becomes ready again.
-    eventually("the Deployment to be whole again", WAIT, || {
-        let ready = jsonpath(
-            &kube,
-            &["get", "deployment", "web", "-n", "shop"],
-            "{.status.readyReplicas}",
-        );
-        if ready == "2" { Ok(()) } else { Err(ready) }
-    })
-    .unwrap();
+    kube.wait_deployment_ready("shop", "web", 2, WAIT).unwrap();
 }
 
 const PROBED: &str = r#"
@@ -451,7 +416,7 @@ fn probes_set_conditions_and_restart_and_deletion_sends_sigterm() {
     kube.kubectl(&["create", "namespace", "shop"]).unwrap();
     kube.kubectl_with_input(&["apply", "-f", "-"], Some(PROBED))
         .unwrap();
-    let field = |path: &str| jsonpath(&kube, &["get", "pod", "probed", "-n", "shop"], path);
+    let field = |path: &str| kube.jsonpath(&["get", "pod", "probed", "-n", "shop"], path);
     eventually("the startup probe to pass", WAIT, || {
         if field("{.status.containerStatuses[0].started}") == "true" {
             Ok(())
@@ -509,11 +474,7 @@ fn probes_set_conditions_and_restart_and_deletion_sends_sigterm() {
 }
 
 fn documents(text: &str) -> Vec<serde_json::Value> {
-    serde_saphyr::from_multiple::<serde_json::Value>(text)
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
+    mesh_tests::kube_yaml::documents(text).expect("valid YAML")
 }
 
 /// The seed lecture's model-server Services and Pods, read from the fixture (checked
@@ -562,8 +523,7 @@ fn the_seed_lectures_model_server_runs() {
         .unwrap();
     for pod in ["model-server", "low-latency-inference"] {
         eventually(format!("{pod} to be ready"), WAIT, || {
-            let ready = jsonpath(
-                &kube,
+            let ready = kube.jsonpath(
                 &["get", "pod", pod],
                 "{.status.conditions[?(@.type=='Ready')].status}",
             );
@@ -576,12 +536,8 @@ fn the_seed_lectures_model_server_runs() {
         .unwrap();
     }
     let node = kube.cluster().node("n1");
-    let pod_ip = jsonpath(&kube, &["get", "pod", "model-server"], "{.status.podIP}");
-    let host_ip = jsonpath(
-        &kube,
-        &["get", "pod", "low-latency-inference"],
-        "{.status.podIP}",
-    );
+    let pod_ip = kube.jsonpath(&["get", "pod", "model-server"], "{.status.podIP}");
+    let host_ip = kube.jsonpath(&["get", "pod", "low-latency-inference"], "{.status.podIP}");
     assert_eq!(
         host_ip,
         node.underlay_ip().to_string(),

@@ -119,24 +119,34 @@ pub fn remove(rules: &PodRules) -> Result<(), RulesError> {
         }
     }
     let ip_rule: Vec<&str> = rules.ip_rule.iter().map(String::as_str).collect();
-    let pref = rules
-        .ip_rule
-        .iter()
-        .skip_while(|a| *a != "pref")
-        .nth(1)
-        .map_or("0", String::as_str);
+    let pref = rule_pref(rules);
     while !run("ip", &["-4", "rule", "show", "pref", pref], None)?
         .trim()
         .is_empty()
     {
         run("ip", &[&["-4", "rule", "del"], &ip_rule[..]].concat(), None)?;
     }
-    let table = rules.ip_route.last().map_or("100", String::as_str);
+    let table = route_table(rules);
     match run("ip", &["-4", "route", "flush", "table", table], None) {
         // The kernel drops a routing table with its last route.
         Err(RulesError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(()),
         other => other.map(drop),
     }
+}
+
+/// The priority of our policy rule (its `pref` argument).
+fn rule_pref(rules: &PodRules) -> &str {
+    rules
+        .ip_rule
+        .iter()
+        .skip_while(|a| *a != "pref")
+        .nth(1)
+        .map_or("0", String::as_str)
+}
+
+/// The routing table our policy rule looks up (the route's last argument).
+fn route_table(rules: &PodRules) -> &str {
+    rules.ip_route.last().map_or("100", String::as_str)
 }
 
 /// Whether exactly `rules` are in place: our chains and jumps as rendered (nothing more,
@@ -154,12 +164,7 @@ pub fn is_installed(rules: &PodRules) -> Result<bool, RulesError> {
     if installed != wanted {
         return Ok(false);
     }
-    let pref = rules
-        .ip_rule
-        .iter()
-        .skip_while(|a| *a != "pref")
-        .nth(1)
-        .map_or("0", String::as_str);
+    let pref = rule_pref(rules);
     if run("ip", &["-4", "rule", "show", "pref", pref], None)?
         .lines()
         .count()
@@ -167,7 +172,7 @@ pub fn is_installed(rules: &PodRules) -> Result<bool, RulesError> {
     {
         return Ok(false);
     }
-    let table = rules.ip_route.last().map_or("100", String::as_str);
+    let table = route_table(rules);
     match run("ip", &["-4", "route", "show", "table", table], None) {
         Ok(routes) => Ok(!routes.trim().is_empty()),
         Err(RulesError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
