@@ -48,6 +48,16 @@ spec:
         env:
         - name: POD_NAME
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
 "#;
 
 #[test]
@@ -202,6 +212,31 @@ fn helm_install_runs_the_mesh_on_every_node() {
             .ok_or_else(|| "no mutual TLS connection in the metrics yet".to_string())
     })
     .unwrap();
+    // The Service's VIP (no kube-proxy here: the client's ztunnel resolves it to a ready
+    // endpoint from the real EndpointSlice controller's slice).
+    let vip = kube.jsonpath(
+        &["get", "service", "web", "-n", "shop"],
+        "{.spec.clusterIP}",
+    );
+    let via_vip = kube
+        .kubectl(&[
+            "exec",
+            "-n",
+            "shop",
+            &client,
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{vip}:80/"),
+        ])
+        .unwrap();
+    assert!(
+        webs.iter()
+            .any(|(name, _, _)| via_vip.contains(name.as_str())),
+        "{via_vip}"
+    );
     let all_pods: Vec<String> = [&webs[0].0, &webs[1].0, &client]
         .map(String::clone)
         .to_vec();
