@@ -207,6 +207,9 @@ fn helm_install_runs_the_mesh_on_every_node() {
                     && l.contains("reporter=\"destination\"")
                     && l.contains("connection_security_policy=\"mutual_tls\"")
                     && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/default\"")
+                    // Istio's workload names: the Deployments, not the pods.
+                    && l.contains("source_workload=\"client\"")
+                    && l.contains("destination_workload=\"web\"")
             })
             .map(|_| ())
             .ok_or_else(|| "no mutual TLS connection in the metrics yet".to_string())

@@ -54,6 +54,9 @@ impl std::fmt::Display for NamespacedName {
 pub struct Workload {
     /// Pod name.
     pub name: String,
+    /// The workload as Istio names it in metrics and baggage: the pod's controller as a
+    /// user knows it (`deployment`/`web` for a Deployment's pods), else the pod itself.
+    pub owner: WorkloadOwner,
     /// Kubernetes namespace.
     pub namespace: String,
     /// Pod UID when known (ZDS keys pods by it).
@@ -74,6 +77,15 @@ pub struct Workload {
     pub waypoint: Option<Arc<Waypoint>>,
     /// The waypoint this pod is an instance of, if it is one.
     pub waypoint_of: Option<NamespacedName>,
+}
+
+/// A workload's kind and name (Istio's `k8s.<kind>.name` baggage, `*_workload` labels).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkloadOwner {
+    /// `deployment`, `statefulset`, `daemonset`, `cronjob`, `job`, `replicaset`, `pod`...
+    pub kind: String,
+    /// Its name.
+    pub name: String,
 }
 
 impl Workload {

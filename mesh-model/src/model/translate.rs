@@ -17,7 +17,9 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::waypoint::{self, Subject, Target};
-use super::{DataPlane, NamespacedName, Service, ServicePort, TargetPort, Waypoint, Workload};
+use super::{
+    DataPlane, NamespacedName, Service, ServicePort, TargetPort, Waypoint, Workload, WorkloadOwner,
+};
 use crate::config::gateway_api::{Gateway, GatewayClass};
 use crate::config::istio::{AuthorizationPolicy, PeerAuthentication};
 use crate::config::{ConfigStore, ObjectKey};
@@ -374,6 +376,7 @@ fn workload(
     });
     Some(Workload {
         captured: waypoint_of.is_none() && is_captured(ns_labels, &labels),
+        owner: owner_of(meta, &name, &labels),
         name,
         namespace,
         uid: meta.uid.clone(),
@@ -385,6 +388,58 @@ fn workload(
         waypoint,
         waypoint_of,
     })
+}
+
+/// The workload a pod belongs to, as Istio derives it: its controller (a ReplicaSet made by
+/// a Deployment stands for the Deployment: its name less the `pod-template-hash` suffix; a
+/// Job named `<cronjob>-<digits>` for its CronJob), else the pod itself.
+fn owner_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pod_name: &str,
+    labels: &BTreeMap<String, String>,
+) -> WorkloadOwner {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true))
+        .or_else(|| meta.owner_references.iter().flatten().next());
+    let Some(controller) = controller else {
+        return WorkloadOwner {
+            kind: "pod".into(),
+            name: pod_name.into(),
+        };
+    };
+    let name = controller.name.clone();
+    let (kind, name) = match controller.kind.as_str() {
+        "ReplicaSet" => match labels
+            .get("pod-template-hash")
+            .and_then(|hash| name.strip_suffix(&format!("-{hash}")))
+        {
+            Some(deployment) => ("deployment", deployment.to_string()),
+            None => ("replicaset", name),
+        },
+        "Job" => match name.rsplit_once('-') {
+            Some((cronjob, run))
+                if !cronjob.is_empty()
+                    && !run.is_empty()
+                    && run.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                ("cronjob", cronjob.to_string())
+            }
+            _ => ("job", name),
+        },
+        other => {
+            return WorkloadOwner {
+                kind: other.to_ascii_lowercase(),
+                name,
+            };
+        }
+    };
+    WorkloadOwner {
+        kind: kind.into(),
+        name,
+    }
 }
 
 /// Ambient membership: a pod label `istio.io/dataplane-mode` decides (`none` opts out,

@@ -80,6 +80,7 @@ mod tests {
     fn workload(namespace: &str, app: &str) -> Workload {
         Workload {
             name: app.into(),
+            owner: Default::default(),
             namespace: namespace.into(),
             uid: None,
             identity: Identity::new("cluster.local", namespace, "default").unwrap(),

@@ -156,7 +156,7 @@ async fn serve_plaintext(pod: Arc<PodContext>, mut downstream: TcpStream, peer: 
     let source = plane.workload(peer.ip());
     let labels = TcpLabels {
         reporter: "destination".into(),
-        source_workload: source.map_or_else(|| "unknown".into(), |w| w.name.clone()),
+        source_workload: source.map_or_else(|| "unknown".into(), |w| w.owner.name.clone()),
         source_workload_namespace: source.map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
         source_principal: "unknown".into(),
         connection_security_policy: "none".into(),
@@ -211,7 +211,7 @@ fn current<'a>(pod: &'a PodContext, plane: &'a DataPlane) -> &'a Workload {
 /// likely addressed to (the source picked this pod as one of its endpoints).
 fn destination_labels(workload: &Workload, plane: &DataPlane, port: u16) -> TcpLabels {
     TcpLabels {
-        destination_workload: workload.name.clone(),
+        destination_workload: workload.owner.name.clone(),
         destination_workload_namespace: workload.namespace.clone(),
         destination_principal: workload.identity.to_string(),
         destination_service: plane

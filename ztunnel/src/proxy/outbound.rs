@@ -19,7 +19,7 @@ use crate::metrics::{RefusalReason, TcpLabels};
 fn source_labels(pod: &PodContext) -> TcpLabels {
     TcpLabels {
         reporter: "source".into(),
-        source_workload: pod.workload.name.clone(),
+        source_workload: pod.workload.owner.name.clone(),
         source_workload_namespace: pod.workload.namespace.clone(),
         source_principal: pod.workload.identity.to_string(),
         request_protocol: "tcp".into(),
@@ -116,7 +116,7 @@ async fn proxy(
             let upstream = connected.map_err(|e| ProxyError::Tunnel(e.to_string()))?;
             ProxyStats::bump(&pod.stats.outbound_hbone);
             let labels = TcpLabels {
-                destination_workload: workload.name.clone(),
+                destination_workload: workload.owner.name.clone(),
                 destination_workload_namespace: workload.namespace.clone(),
                 destination_principal: workload.identity.to_string(),
                 destination_service: service
@@ -142,7 +142,7 @@ async fn proxy(
             let labels = TcpLabels {
                 destination_workload: workload
                     .as_ref()
-                    .map_or_else(|| "unknown".into(), |w| w.name.clone()),
+                    .map_or_else(|| "unknown".into(), |w| w.owner.name.clone()),
                 destination_workload_namespace: workload
                     .as_ref()
                     .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
@@ -167,7 +167,10 @@ fn request_headers(pod: &PodContext, src: SocketAddr) -> HeaderMap {
     request_headers.insert(headers::FORWARDED, headers::forwarded_for(src.ip()));
     let baggage = headers::Baggage {
         namespace: Some(pod.workload.namespace.clone()),
-        workload: Some(("pod".into(), pod.workload.name.clone())),
+        workload: Some((
+            pod.workload.owner.kind.clone(),
+            pod.workload.owner.name.clone(),
+        )),
         ..Default::default()
     };
     if let Some(value) = baggage.to_header() {

@@ -85,6 +85,72 @@ fn pods_become_workloads_with_identity_and_membership() {
     assert_eq!(plane.workloads_on("n2").len(), 2);
 }
 
+/// A pod at `ip` owned by `kind/name` (or by nothing).
+fn owned_pod(pod: &str, ip: &str, owner: Option<(&str, &str)>, hash: Option<&str>) -> String {
+    let owner = owner.map_or(String::new(), |(kind, name)| {
+        format!(", ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {name}, uid: u-{name}, controller: true}}]")
+    });
+    let labels = hash.map_or(String::new(), |hash| {
+        format!(", labels: {{pod-template-hash: '{hash}'}}")
+    });
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: shop{owner}{labels}}}\n\
+         spec: {{nodeName: n1, containers: [{{name: app}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n"
+    )
+}
+
+#[test]
+fn a_pods_workload_is_its_controller_as_istio_names_it() {
+    let yaml = [
+        owned_pod(
+            "web-7d4b9c-x2x",
+            "10.244.1.2",
+            Some(("ReplicaSet", "web-7d4b9c")),
+            Some("7d4b9c"),
+        ),
+        owned_pod(
+            "bare-rs-q",
+            "10.244.1.3",
+            Some(("ReplicaSet", "bare-rs")),
+            None,
+        ),
+        owned_pod(
+            "ztunnel-abcde",
+            "10.244.1.4",
+            Some(("DaemonSet", "ztunnel")),
+            None,
+        ),
+        owned_pod("db-0", "10.244.1.5", Some(("StatefulSet", "db")), None),
+        owned_pod(
+            "report-28890720-k",
+            "10.244.1.6",
+            Some(("Job", "report-28890720")),
+            None,
+        ),
+        owned_pod("migrate-x", "10.244.1.7", Some(("Job", "migrate")), None),
+        owned_pod("lonely", "10.244.1.8", None, None),
+    ]
+    .concat();
+    let plane = translate(&store(&yaml), &settings());
+    for (ip, kind, name) in [
+        ("10.244.1.2", "deployment", "web"),
+        ("10.244.1.3", "replicaset", "bare-rs"),
+        ("10.244.1.4", "daemonset", "ztunnel"),
+        ("10.244.1.5", "statefulset", "db"),
+        ("10.244.1.6", "cronjob", "report"),
+        ("10.244.1.7", "job", "migrate"),
+        ("10.244.1.8", "pod", "lonely"),
+    ] {
+        let workload = plane.workload(ip.parse().unwrap()).unwrap();
+        assert_eq!(
+            (workload.owner.kind.as_str(), workload.owner.name.as_str()),
+            (kind, name),
+            "{}",
+            workload.name
+        );
+    }
+}
+
 #[test]
 fn services_resolve_ports_and_endpoints_by_selector() {
     let plane = translate(&store(CLUSTER), &settings());

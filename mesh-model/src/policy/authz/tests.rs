@@ -19,6 +19,7 @@ fn policies(yaml: &str) -> Vec<Arc<CompiledPolicy>> {
 fn server() -> Workload {
     Workload {
         name: "server".into(),
+        owner: Default::default(),
         namespace: "shop".into(),
         uid: None,
         identity: Identity::new("cluster.local", "shop", "server").unwrap(),
