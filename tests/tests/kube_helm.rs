@@ -168,8 +168,8 @@ fn helm_install_runs_the_mesh_on_every_node() {
         .find(|(_, node, _)| *node != client_node)
         .cloned()
         .unwrap();
-    // From the client, a request to the web pod on the other node (kubectl exec curl).
-    let get_web = || {
+    // From the client (kubectl exec curl): a GET of `url`; of the web pod on the other node.
+    let client_get = |url: &str| {
         kube.kubectl(&[
             "exec",
             "-n",
@@ -180,9 +180,10 @@ fn helm_install_runs_the_mesh_on_every_node() {
             "-sS",
             "--max-time",
             "5",
-            &format!("http://{web_ip}:8080/"),
+            url,
         ])
     };
+    let get_web = || client_get(&format!("http://{web_ip}:8080/"));
     eventually("cross-node traffic to be mutual TLS", READY_WITHIN, || {
         let reply = get_web().map_err(|err| err.to_string())?;
         if !reply.contains(&web) {
@@ -221,20 +222,7 @@ fn helm_install_runs_the_mesh_on_every_node() {
         &["get", "service", "web", "-n", "shop"],
         "{.spec.clusterIP}",
     );
-    let via_vip = kube
-        .kubectl(&[
-            "exec",
-            "-n",
-            "shop",
-            &client,
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{vip}:80/"),
-        ])
-        .unwrap();
+    let via_vip = client_get(&format!("http://{vip}:80/")).unwrap();
     assert!(
         webs.iter()
             .any(|(name, _, _)| via_vip.contains(name.as_str())),
