@@ -32,8 +32,7 @@ type containerRuntime struct {
 	status       corev1.ContainerStatus
 	process      *os.Process
 	exited       chan struct{} // closed when the current run's process has exited
-	stopping     bool
-	finalFailure bool // an init container that failed and will not restart
+	finalFailure bool          // an init container that failed and will not restart
 }
 
 func newContainerRuntime(pod *podRuntime, spec corev1.Container, init bool) *containerRuntime {
@@ -370,7 +369,6 @@ func runAsGroup(pod *corev1.PodSecurityContext, container *corev1.SecurityContex
 // stop ends the current run: SIGTERM, then SIGKILL after grace; returns once it exited.
 func (c *containerRuntime) stop(grace time.Duration) {
 	c.pod.mu.Lock()
-	c.stopping = true
 	process, exited := c.process, c.exited
 	c.pod.mu.Unlock()
 	if process == nil {

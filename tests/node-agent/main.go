@@ -176,8 +176,8 @@ func run(ctx context.Context, cfg *config) error {
 	}
 	mux := http.NewServeMux()
 	var runtime *provider
-	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-		runtime = newRuntime(cfg, client, pc)
+	newProvider := func(nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
+		runtime = newRuntime(cfg, client)
 		return runtime, nil, nil
 	}
 	vk, err := nodeutil.NewNode(cfg.nodeName, newProvider,

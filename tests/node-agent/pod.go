@@ -32,7 +32,6 @@ type podRuntime struct {
 	pod        *corev1.Pod // as given to CreatePod, with later metadata
 	status     corev1.PodStatus
 	sandbox    *sandbox
-	waiting    string // why the pod has not started its containers yet
 	volumes    *volumeSet
 	init       []*containerRuntime
 	containers []*containerRuntime
@@ -168,7 +167,6 @@ func (r *podRuntime) retry(reason string, step func() error) bool {
 
 func (r *podRuntime) setWaiting(reason, message string) {
 	r.mu.Lock()
-	r.waiting = reason
 	for _, c := range r.allContainers() {
 		if c.status.State.Running == nil && c.status.State.Terminated == nil && reason != "" {
 			c.status.State.Waiting = &corev1.ContainerStateWaiting{Reason: reason, Message: message}

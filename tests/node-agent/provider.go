@@ -14,7 +14,6 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
-	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,7 +26,6 @@ import (
 type provider struct {
 	cfg     *config
 	client  kubernetes.Interface
-	listers nodeutil.ProviderConfig
 	network *network
 	spawns  chan spawnRequest
 
@@ -42,11 +40,10 @@ type spawnRequest struct {
 	done chan error
 }
 
-func newRuntime(cfg *config, client kubernetes.Interface, listers nodeutil.ProviderConfig) *provider {
+func newRuntime(cfg *config, client kubernetes.Interface) *provider {
 	p := &provider{
 		cfg:     cfg,
 		client:  client,
-		listers: listers,
 		network: newNetwork(cfg),
 		spawns:  make(chan spawnRequest),
 		pods:    map[string]*podRuntime{},

@@ -550,9 +550,26 @@ impl ControlPlane {
 
     /// Writes a kubeconfig for `token` to `path`, as a component would be given one.
     pub fn write_kubeconfig(&self, path: &Path, token: &str) -> Result<()> {
+        self.write_kubeconfig_for(path, &format!("    token: {token}\n"))
+    }
+
+    /// Writes a kubeconfig that authenticates with a client certificate (a node's).
+    pub fn write_certificate_kubeconfig(&self, path: &Path, cert: &Path, key: &Path) -> Result<()> {
+        self.write_kubeconfig_for(
+            path,
+            &format!(
+                "    client-certificate: {}\n    client-key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    /// A kubeconfig for this API server whose user is `user` (its indented YAML fields).
+    fn write_kubeconfig_for(&self, path: &Path, user: &str) -> Result<()> {
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: test\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+             users:\n- name: test\n  user:\n{user}contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
              current-context: test\n",
             self.url,
             self.ca_file.display()

@@ -508,20 +508,3 @@ impl Drop for KubeCluster {
         self.agents.clear();
     }
 }
-
-impl ControlPlane {
-    /// Writes a kubeconfig that authenticates with a client certificate.
-    pub fn write_certificate_kubeconfig(&self, path: &Path, cert: &Path, key: &Path) -> Result<()> {
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: node\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: node\n\
-             current-context: test\n",
-            self.url(),
-            self.ca_file().display(),
-            cert.display(),
-            key.display()
-        );
-        std::fs::write(path, kubeconfig)
-            .map_err(|err| HarnessError::io(format!("writing {}", path.display()), err))
-    }
-}

@@ -24,7 +24,7 @@ use kube::runtime::watcher::{self, Event};
 
 use super::Stop;
 
-/// How long the owner may take to be found at start-up, between attempts.
+/// How long to wait between attempts to read this agent's pod at start-up.
 const RETRY: Duration = Duration::from_secs(2);
 
 /// Which pod this agent runs as (from the downward API).
