@@ -218,6 +218,11 @@ pub struct Costs {
     /// The floor's: CPU µs of both relays per new connection (a TLS handshake each: the
     /// relays have no tunnel to reuse).
     pub cpu_us_per_connection_both_relays: Stat,
+    /// CPU ms of both ztunnels per GiB one cross-node bulk stream carried: what a byte
+    /// costs, which throughput on a shared machine shows only through its neighbours' noise.
+    pub cpu_ms_per_gib_both_ztunnels: Stat,
+    /// The floor's: CPU ms of both TLS relays per GiB of their one bulk stream.
+    pub cpu_ms_per_gib_both_relays: Stat,
     /// The kernel's share of the proxies' CPU in those runs (system over user + system
     /// time, summed over the repetitions): what no change to the proxy's code can save.
     pub kernel_share: KernelShares,
@@ -247,6 +252,10 @@ pub struct KernelShares {
     pub connection_ztunnels: f64,
     /// Both TLS relays, new connections (handshakes included).
     pub connection_relays: f64,
+    /// Both ztunnels, one cross-node bulk stream.
+    pub bulk_ztunnels: f64,
+    /// Both TLS relays, their one bulk stream.
+    pub bulk_relays: f64,
 }
 
 /// User and system clock ticks of some processes, added up over runs.
@@ -394,6 +403,8 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     let (mut switches_ztunnel, mut switches_relay) = (Vec::new(), Vec::new());
     let (mut request_ticks, mut relay_request_ticks) = (Ticks::default(), Ticks::default());
     let (mut connection_ticks, mut relay_connection_ticks) = (Ticks::default(), Ticks::default());
+    let (mut cpu_bulk, mut relay_bulk) = (Vec::new(), Vec::new());
+    let (mut bulk_ticks, mut relay_bulk_ticks) = (Ticks::default(), Ticks::default());
     let relays = bench.relay_pids();
 
     let rounds = if plan.phases.contains(&Phase::Paths) {
@@ -412,12 +423,31 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
         for path in Path::ALL {
             for &streams in &plan.streams {
                 let sink = bench.sink(path);
+                let proxies = match path {
+                    Path::MeshCrossNode if streams == 1 => ztunnels.clone(),
+                    Path::TlsRelay if streams == 1 => relays.clone(),
+                    _ => Vec::new(),
+                };
+                let (before, ticks_before) = (cpu_ns(&proxies)?, Ticks::of(&proxies)?);
                 let run = in_client(&bench, path, || load::bulk(sink, streams, length))?;
+                let (after, ticks_after) = (cpu_ns(&proxies)?, Ticks::of(&proxies)?);
                 if !warmup {
                     throughput
                         .entry((path, streams))
                         .or_default()
                         .push(run.bits_per_second() / 1e9);
+                    if !proxies.is_empty() {
+                        let gib = run.bytes as f64 / f64::from(1u32 << 30);
+                        let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+                        let per_gib = spent as f64 / 1e6 / gib;
+                        if path == Path::TlsRelay {
+                            relay_bulk.push(per_gib);
+                            relay_bulk_ticks.add_spent(ticks_before, ticks_after);
+                        } else {
+                            cpu_bulk.push(per_gib);
+                            bulk_ticks.add_spent(ticks_before, ticks_after);
+                        }
+                    }
                 }
             }
             let echo = bench.echo(path);
@@ -541,6 +571,8 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     costs.cpu_us_per_connection_both_ztunnels = Stat::of(cpu_connection);
     costs.cpu_us_per_request_per_relay = Stat::of(relay_request);
     costs.cpu_us_per_connection_both_relays = Stat::of(relay_connection);
+    costs.cpu_ms_per_gib_both_ztunnels = Stat::of(cpu_bulk);
+    costs.cpu_ms_per_gib_both_relays = Stat::of(relay_bulk);
     costs.switches_per_request_per_ztunnel = Stat::of(switches_ztunnel);
     costs.switches_per_request_per_relay = Stat::of(switches_relay);
     costs.kernel_share = KernelShares {
@@ -548,6 +580,8 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
         request_relays: relay_request_ticks.kernel_share(),
         connection_ztunnels: connection_ticks.kernel_share(),
         connection_relays: relay_connection_ticks.kernel_share(),
+        bulk_ztunnels: bulk_ticks.kernel_share(),
+        bulk_relays: relay_bulk_ticks.kernel_share(),
     };
 
     Ok(Results {

@@ -396,6 +396,18 @@ pub fn markdown(results: &Results, targets: &[Target]) -> String {
         costs.switches_per_request_per_ztunnel.median,
         costs.switches_per_request_per_relay.median
     );
+    let (mesh_gib, relay_gib) = (
+        costs.cpu_ms_per_gib_both_ztunnels.median,
+        costs.cpu_ms_per_gib_both_relays.median,
+    );
+    let _ = writeln!(
+        out,
+        "\nCPU per GiB carried by one cross-node bulk stream: both ztunnels {mesh_gib:.0} ms \
+         ({:.0}% in the kernel), both TLS relays {relay_gib:.0} ms ({:.0}%): {:.2}x the floor.",
+        costs.kernel_share.bulk_ztunnels * 100.0,
+        costs.kernel_share.bulk_relays * 100.0,
+        mesh_gib / relay_gib
+    );
     let _ = writeln!(
         out,
         "\nAll mesh processes (both ztunnels and both istio-cni agents) used {:.3} CPU-seconds \

@@ -33,6 +33,8 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
     assert!(costs.cpu_us_per_connection_both_ztunnels.median > 0.0);
     assert!(costs.cpu_us_per_request_per_relay.median > 0.0);
     assert!(costs.cpu_us_per_connection_both_relays.median > 0.0);
+    assert!(costs.cpu_ms_per_gib_both_ztunnels.median > 0.0);
+    assert!(costs.cpu_ms_per_gib_both_relays.median > 0.0);
     assert!(costs.idle_rss_mib > 1.0 && costs.peak_rss_mib >= costs.idle_rss_mib);
     assert_eq!(costs.idle_connections, plan.idle_connections);
     assert_eq!(results.pinned_open_loop.len(), 2);
@@ -58,6 +60,7 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
         markdown.contains("x floor"),
         "mesh figures beside the tls-relay floor"
     );
+    assert!(markdown.contains("CPU per GiB carried"), "{markdown}");
     for chart in [&written.latency_chart, &written.throughput_chart] {
         let svg = std::fs::read_to_string(chart).unwrap();
         assert!(
