@@ -437,16 +437,14 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                         .or_default()
                         .push(run.bits_per_second() / 1e9);
                     if !proxies.is_empty() {
-                        let gib = run.bytes as f64 / f64::from(1u32 << 30);
-                        let spent: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-                        let per_gib = spent as f64 / 1e6 / gib;
-                        if path == Path::TlsRelay {
-                            relay_bulk.push(per_gib);
-                            relay_bulk_ticks.add_spent(ticks_before, ticks_after);
+                        let (samples, ticks) = if path == Path::TlsRelay {
+                            (&mut relay_bulk, &mut relay_bulk_ticks)
                         } else {
-                            cpu_bulk.push(per_gib);
-                            bulk_ticks.add_spent(ticks_before, ticks_after);
-                        }
+                            (&mut cpu_bulk, &mut bulk_ticks)
+                        };
+                        let gib = run.bytes as f64 / f64::from(1u32 << 30);
+                        samples.push(spent_per(&before, &after, 1, gib) / 1e6);
+                        ticks.add_spent(ticks_before, ticks_after);
                     }
                 }
             }
