@@ -515,3 +515,119 @@ async fn concurrent_tunnels_spread_over_lanes() {
     let _held = hold(&packed).await;
     assert_eq!(packed.pooled_connections(), 1, "one lane: one connection");
 }
+
+/// A bulk upload through the splice travels in whole TLS records: a full socket read
+/// becomes one DATA frame whose head and payload fit rustls's 64 KiB write, instead of
+/// leaving the head's 9 bytes to a record (a `writev` and a packet) of their own after
+/// every 64 KiB. Seen from a plain TCP forwarder between client and server that reads the
+/// record headers going to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_upload_sends_no_tiny_tls_records() {
+    let fixture = Fixture::start().await;
+    let (forwarder, records) = record_counting_forwarder(fixture.server.addr).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    // A sink, not the echo app: an echo's window updates would be tiny records too.
+    let sink = sink_app().await;
+    let mut request = request(&id("shop", "web"), &fixture.server, sink);
+    request.dst = forwarder;
+    let proxy = async {
+        let (app, _) = listener.accept().await.unwrap();
+        let tunnel = fixture.client.connect(request).await.unwrap();
+        mesh_core::hbone::splice(&app, tunnel).await.unwrap()
+    };
+    const UPLOAD: usize = 32 << 20;
+    let user = async {
+        let stream = tokio::net::TcpStream::connect(front).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let send = async {
+            // Written far faster than the tunnel encrypts: the proxy's reads come full.
+            write.write_all(&vec![7u8; UPLOAD]).await.unwrap();
+            write.shutdown().await.unwrap();
+        };
+        let mut answer = Vec::new();
+        let (_, got) = tokio::join!(send, read.read_to_end(&mut answer));
+        got.unwrap();
+        u64::from_le_bytes(answer.try_into().expect("the sink's count"))
+    };
+    let (counts, received) = tokio::time::timeout(WAIT, async { tokio::join!(proxy, user) })
+        .await
+        .unwrap();
+    assert_eq!((counts.to_tunnel, received), (UPLOAD as u64, UPLOAD as u64));
+
+    let lengths = records.lock().unwrap().clone();
+    let full = lengths.iter().filter(|&&len| len > 16 << 10).count();
+    let tiny = lengths.iter().filter(|&&len| len <= 64).count();
+    assert!(
+        full >= UPLOAD / (16 << 10) / 2,
+        "the upload went in full records ({full} of {} records)",
+        lengths.len()
+    );
+    // What is left tiny is HTTP/2's own control frames (SETTINGS and its ACK, window
+    // updates for the echo), not one per 64 KiB (512 here).
+    assert!(
+        tiny < 32,
+        "{tiny} records of at most 64 bytes among {} records",
+        lengths.len()
+    );
+}
+
+/// A TCP app that reads to the end, answers how many bytes it got (8 bytes, little
+/// endian) and closes.
+async fn sink_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let got = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await?;
+                stream.write_all(&got.to_le_bytes()).await?;
+                stream.shutdown().await
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP forwarder to `to` that records the length of every TLS record sent towards `to`.
+async fn record_counting_forwarder(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<usize>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = records.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(to).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                let _ = client_write.shutdown().await;
+            });
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // Each record: a 5-byte header (type, version, length) and its body.
+                let mut header = [0u8; 5];
+                while client_read.read_exact(&mut header).await.is_ok() {
+                    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+                    let mut body = vec![0u8; len];
+                    if client_read.read_exact(&mut body).await.is_err() {
+                        break;
+                    }
+                    seen.lock().unwrap().push(len);
+                    let forwarded = async {
+                        server_write.write_all(&header).await?;
+                        server_write.write_all(&body).await
+                    };
+                    if forwarded.await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_write.shutdown().await;
+            });
+        }
+    });
+    (addr, records)
+}

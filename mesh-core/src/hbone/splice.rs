@@ -18,8 +18,14 @@ use tokio::net::TcpStream;
 
 use super::stream::{H2Stream, to_io};
 
-/// The most one socket read takes before it is sent as a DATA frame.
-pub const CHUNK: usize = 64 << 10;
+/// The most one socket read takes before it is sent as a DATA frame: 64 KiB with the
+/// frame's 9-byte head. rustls takes at most 64 KiB of plaintext per write (its default
+/// send-buffer limit), so a 64 KiB payload left its head's 9 bytes over: a TLS record and
+/// a `writev` of their own, sent as a separate packet, after every full read.
+pub const CHUNK: usize = (64 << 10) - H2_FRAME_HEAD;
+
+/// The length of an HTTP/2 frame's head (RFC 9113, section 4.1).
+const H2_FRAME_HEAD: usize = 9;
 
 /// Bytes each way once both directions have ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
