@@ -3,9 +3,11 @@
 //!
 //! ```text
 //!   n1: client (mesh), local-server (mesh), direct-client (not in the mesh),
-//!       tls-relay A (node namespace, beside ztunnel)
+//!       tls-relay A (node namespace, beside ztunnel),
+//!       capture-client (not in the mesh; the in-pod rules, tls-relay A inside it)
 //!   n2: server (mesh, behind Service mesh/server), direct-server (not in the mesh),
-//!       tls-relay B (node namespace)
+//!       tls-relay B (node namespace),
+//!       capture-server (not in the mesh; the in-pod rules, tls-relay B inside it)
 //! ```
 //!
 //! Every server pod runs a TCP echo server (request/response, connections) and a TCP sink
@@ -35,6 +37,11 @@ pub enum Path {
     /// Pod to pod across nodes through the two TLS relays: the floor of any mutual-TLS
     /// tunnel ([`crate::tls_relay`]).
     TlsRelay,
+    /// The same relays where ztunnel's sockets are: inside the two pods, behind the
+    /// in-pod redirection rules (the app's connection REDIRECTed to relay A, relay A's
+    /// TPROXYed to relay B, both relays' upstream sockets with ztunnel's mark). What an
+    /// in-pod ambient tunnel pays before HTTP/2 and ztunnel's own work.
+    TlsRelayInPod,
     /// Through the mesh, client and server on one node.
     MeshSameNode,
     /// Through the mesh across nodes (two ztunnels, one HBONE tunnel).
@@ -45,9 +52,10 @@ pub enum Path {
 
 impl Path {
     /// Every path, the baselines first.
-    pub const ALL: [Path; 5] = [
+    pub const ALL: [Path; 6] = [
         Path::Direct,
         Path::TlsRelay,
+        Path::TlsRelayInPod,
         Path::MeshSameNode,
         Path::MeshCrossNode,
         Path::MeshVip,
@@ -58,6 +66,7 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::TlsRelay => "tls-relay",
+            Path::TlsRelayInPod => "tls-relay-in-pod",
             Path::MeshSameNode => "mesh-same-node",
             Path::MeshCrossNode => "mesh-cross-node",
             Path::MeshVip => "mesh-vip",
@@ -67,6 +76,7 @@ impl Path {
     fn client(self) -> &'static str {
         match self {
             Path::Direct | Path::TlsRelay => "direct-client",
+            Path::TlsRelayInPod => "capture-client",
             _ => "client",
         }
     }
@@ -74,6 +84,7 @@ impl Path {
     fn server(self) -> &'static str {
         match self {
             Path::Direct | Path::TlsRelay => "direct-server",
+            Path::TlsRelayInPod => "capture-server",
             Path::MeshSameNode => "local-server",
             Path::MeshCrossNode | Path::MeshVip => "server",
         }
@@ -84,6 +95,7 @@ impl Path {
 pub struct BenchCluster {
     servers: Vec<Arc<Process>>,
     relays: Vec<Arc<Process>>,
+    pod_relays: Vec<Arc<Process>>,
     /// The mesh's processes.
     pub mesh: Mesh,
     /// The simulated cluster (dropped last: it removes everything).
@@ -113,12 +125,16 @@ impl BenchCluster {
             .labels([("app", "local")])
             .pod("direct-client")
             .namespace("direct")
+            .pod("capture-client")
+            .namespace("capture")
             .node("n2")
             .pod("server")
             .namespace("mesh")
             .labels([("app", "server")])
             .pod("direct-server")
             .namespace("direct")
+            .pod("capture-server")
+            .namespace("capture")
             .service("server")
             .namespace("mesh")
             .selector([("app", "server")])
@@ -127,16 +143,18 @@ impl BenchCluster {
             .namespace_labels("mesh", [("istio.io/dataplane-mode", "ambient")])
             .build()?;
         let mut servers = Vec::new();
-        for pod in ["local-server", "server", "direct-server"] {
+        for pod in ["local-server", "server", "direct-server", "capture-server"] {
             let pod = cluster.pod(pod);
             servers.push(pod.serve(["tcp-echo", "--listen", &format!("0.0.0.0:{ECHO_PORT}")])?);
             servers.push(pod.serve(["tcp-sink", "--listen", &format!("0.0.0.0:{SINK_PORT}")])?);
         }
         let mesh = Mesh::start(&cluster)?;
         let relays = start_relays(&cluster)?;
+        let pod_relays = start_pod_relays(&cluster)?;
         let bench = BenchCluster {
             servers,
             relays,
+            pod_relays,
             mesh,
             cluster,
         };
@@ -207,6 +225,11 @@ impl BenchCluster {
     pub fn relay_pids(&self) -> Vec<i32> {
         self.relays.iter().map(|p| p.pid()).collect()
     }
+
+    /// Process ids of the two TLS relays inside the capture pods.
+    pub fn pod_relay_pids(&self) -> Vec<i32> {
+        self.pod_relays.iter().map(|p| p.pid()).collect()
+    }
 }
 
 /// Relay B on n2 (TLS in, to direct-server's ports) and relay A on n1 (from direct-client,
@@ -239,6 +262,46 @@ fn start_relays(cluster: &Cluster) -> Result<Vec<Arc<Process>>, HarnessError> {
             .into_iter()
             .chain(routes(to, to_offset));
         let relay = cluster.node(node).spawn(&binary, args)?;
+        relay.wait_for_stdout(mesh_tests::apps::READY_LINE, Duration::from_secs(10))?;
+        relays.push(relay);
+    }
+    Ok(relays)
+}
+
+/// The in-pod redirection rules in capture-client and capture-server (what istio-cni
+/// installs in an ambient pod), relay A on capture-client's outbound port and relay B on
+/// capture-server's inbound one, each sending to the connection's original destination.
+fn start_pod_relays(cluster: &Cluster) -> Result<Vec<Arc<Process>>, HarnessError> {
+    use istio_cni::rules::{self, InpodConfig};
+    use mesh_core::inpod;
+    let binary = mesh_tests::apps::workspace_binary("tls-relay")?;
+    let ca_dir = mesh_tests::mesh::ca_dir(cluster).display().to_string();
+    let config = InpodConfig::default();
+    let mark = format!("{:#x}", config.ztunnel_mark);
+    let mut relays = Vec::new();
+    for (pod, side, port) in [
+        ("capture-server", "--accept", inpod::INBOUND_PLAINTEXT_PORT),
+        ("capture-client", "--connect", inpod::OUTBOUND_PORT),
+    ] {
+        let pod = cluster.pod(pod);
+        pod.run(|| rules::apply(&rules::render(&config)))?
+            .map_err(|e| {
+                let context = format!("installing the in-pod rules in {}", pod.name());
+                HarnessError::io(context, std::io::Error::other(e))
+            })?;
+        let mut args = vec![
+            "--ca-dir".to_string(),
+            ca_dir.clone(),
+            side.to_string(),
+            "--mark".to_string(),
+            mark.clone(),
+            "--route".to_string(),
+            format!("0.0.0.0:{port}=original"),
+        ];
+        if side == "--accept" {
+            args.push("--transparent".to_string());
+        }
+        let relay = pod.spawn(&binary, args)?;
         relay.wait_for_stdout(mesh_tests::apps::READY_LINE, Duration::from_secs(10))?;
         relays.push(relay);
     }

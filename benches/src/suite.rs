@@ -210,6 +210,9 @@ pub struct Costs {
     pub cpu_us_per_connection_both_ztunnels: Stat,
     /// The floor's: CPU µs per request per TLS relay at the first open-loop rate.
     pub cpu_us_per_request_per_relay: Stat,
+    /// The same for the relays inside the capture pods (`tls-relay-in-pod`): the part of
+    /// ztunnel's figure that the in-pod capture and route cost.
+    pub cpu_us_per_request_per_relay_in_pod: Stat,
     /// Context switches per request per ztunnel in that run: the sleeps and wake-ups each
     /// request costs a ztunnel's threads.
     pub switches_per_request_per_ztunnel: Stat,
@@ -406,6 +409,8 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     let (mut cpu_bulk, mut relay_bulk) = (Vec::new(), Vec::new());
     let (mut bulk_ticks, mut relay_bulk_ticks) = (Ticks::default(), Ticks::default());
     let relays = bench.relay_pids();
+    let pod_relays = bench.pod_relay_pids();
+    let mut pod_relay_request = Vec::new();
 
     let rounds = if plan.phases.contains(&Phase::Paths) {
         plan.repetitions + 1
@@ -458,11 +463,13 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                 let all = match path {
                     Path::MeshCrossNode if measure_cpu => mesh_pids(&bench),
                     Path::TlsRelay if measure_cpu => relays.clone(),
+                    Path::TlsRelayInPod if measure_cpu => pod_relays.clone(),
                     _ => Vec::new(),
                 };
                 let proxies = match path {
                     Path::MeshCrossNode if measure_cpu => ztunnels.clone(),
                     Path::TlsRelay if measure_cpu => relays.clone(),
+                    Path::TlsRelayInPod if measure_cpu => pod_relays.clone(),
                     _ => Vec::new(),
                 };
                 let (before, switches_before) = (cpu_ns(&all)?, context_switches(&proxies)?);
@@ -479,6 +486,10 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
                     relay_request_ticks.add_spent(ticks_before, ticks_after);
                     relay_request.push(spent_per(&before, &after, relays.len(), requests) / 1000.0);
                     switches_relay.push(switches);
+                }
+                if measure_cpu && path == Path::TlsRelayInPod {
+                    let per_relay = spent_per(&before, &after, pod_relays.len(), requests);
+                    pod_relay_request.push(per_relay / 1000.0);
                 }
                 if measure_cpu && path == Path::MeshCrossNode {
                     request_ticks.add_spent(ticks_before, ticks_after);
@@ -568,6 +579,7 @@ pub fn run(plan: &Plan, flamegraph: Option<&std::path::Path>) -> BenchResult<Res
     costs.cpu_seconds_per_1000_requests_all = Stat::of(cpu_all);
     costs.cpu_us_per_connection_both_ztunnels = Stat::of(cpu_connection);
     costs.cpu_us_per_request_per_relay = Stat::of(relay_request);
+    costs.cpu_us_per_request_per_relay_in_pod = Stat::of(pod_relay_request);
     costs.cpu_us_per_connection_both_relays = Stat::of(relay_connection);
     costs.cpu_ms_per_gib_both_ztunnels = Stat::of(cpu_bulk);
     costs.cpu_ms_per_gib_both_relays = Stat::of(relay_bulk);

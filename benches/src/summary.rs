@@ -306,7 +306,9 @@ pub fn markdown(results: &Results, targets: &[Target]) -> String {
          median of {} repetitions of {:.1} s (min–max in brackets); **bold** is the ratio to \
          `direct` (pod to pod across nodes, no mesh) and `floor` the ratio to `tls-relay` \
          (the same pods through two minimal mutual-TLS relays in the nodes' namespaces: \
-         what any mutual-TLS tunnel must pay), both measured in the same run.\n",
+         what any mutual-TLS tunnel must pay), both measured in the same run. \
+         `tls-relay-in-pod` is the same pair where ztunnel's sockets are, inside two pods \
+         behind the in-pod capture rules: what the capture and the pod's route add.\n",
         plan.mode,
         results.date,
         results.machine,
@@ -396,6 +398,21 @@ pub fn markdown(results: &Results, targets: &[Target]) -> String {
         costs.switches_per_request_per_ztunnel.median,
         costs.switches_per_request_per_relay.median
     );
+    let (ztunnel, in_pod) = (
+        costs.cpu_us_per_request_per_ztunnel.median,
+        costs.cpu_us_per_request_per_relay_in_pod.median,
+    );
+    if in_pod > 0.0 {
+        let _ = writeln!(
+            out,
+            "\nCPU per request at that rate with the relays inside the pods, behind the same \
+             capture rules (tls-relay-in-pod): {in_pod:.1} µs per relay (in the nodes: {:.1} µs); \
+             per ztunnel {ztunnel:.1} µs, {:.2}x the in-pod relay: what HBONE's HTTP/2 and \
+             ztunnel's own work add over the capture.",
+            costs.cpu_us_per_request_per_relay.median,
+            ztunnel / in_pod
+        );
+    }
     let (mesh_gib, relay_gib) = (
         costs.cpu_ms_per_gib_both_ztunnels.median,
         costs.cpu_ms_per_gib_both_relays.median,

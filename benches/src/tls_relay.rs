@@ -4,6 +4,10 @@
 //! checked both ways), relay B -> app over TCP. No HTTP/2, no policy, no metrics: what is
 //! left of a mesh hop when everything but the encryption and the three TCP legs is gone.
 //! The benchmark reports the mesh as a ratio to it as well as to direct TCP.
+//!
+//! Placed like ztunnel's sockets (inside the pods, behind the in-pod capture rules, with
+//! ztunnel's mark and each connection's original destination), the same pair also prices
+//! the capture and the pod's route on their own.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,7 +17,7 @@ use mesh_core::cert::WorkloadCert;
 use mesh_core::identity::Identity;
 use rustls::pki_types::ServerName;
 use rustls::sign::SingleCertAndKey;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Bytes each direction of a relayed connection copies at a time (the mesh's splice reads
@@ -51,24 +55,71 @@ impl Side {
     }
 }
 
-/// Relays every connection accepted on `listener` to `to`, each on its own task.
-pub async fn serve(listener: TcpListener, to: SocketAddr, side: Side) -> io::Result<()> {
+/// Where a relay sends what it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Always this address.
+    Fixed(SocketAddr),
+    /// Where the app sent it before the pod's rules REDIRECTed it here (`SO_ORIGINAL_DST`),
+    /// as ztunnel's outbound listener learns it.
+    Redirected,
+    /// The accepted connection's own local address: a TPROXYed connection keeps its
+    /// original destination there, as ztunnel's inbound listener sees it.
+    Tproxied,
+}
+
+impl Target {
+    fn resolve(self, accepted: &TcpStream) -> io::Result<SocketAddr> {
+        match self {
+            Target::Fixed(to) => Ok(to),
+            Target::Redirected => mesh_core::socket::original_dst(accepted),
+            Target::Tproxied => accepted.local_addr(),
+        }
+    }
+}
+
+/// Relays every connection accepted on `listener` to `to`, each on its own task. With
+/// `mark`, the upstream sockets carry that `SO_MARK`, as ztunnel's do, so a pod's
+/// redirection rules let them pass.
+pub async fn serve(
+    listener: TcpListener,
+    to: Target,
+    side: Side,
+    mark: Option<u32>,
+) -> io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let side = side.clone();
         tokio::spawn(async move {
-            if let Err(err) = relay(stream, to, side).await {
+            if let Err(err) = relay(stream, to, side, mark).await {
                 eprintln!("tls-relay: connection from {peer}: {err}");
             }
         });
     }
 }
 
-async fn relay(mut accepted: TcpStream, to: SocketAddr, side: Side) -> io::Result<()> {
+async fn connect(to: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
+    let socket = match to {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
+    socket.connect(to).await
+}
+
+async fn relay(
+    mut accepted: TcpStream,
+    to: Target,
+    side: Side,
+    mark: Option<u32>,
+) -> io::Result<()> {
     accepted.set_nodelay(true)?;
+    let to = to.resolve(&accepted)?;
     match side {
         Side::Connect(connector) => {
-            let upstream = TcpStream::connect(to).await?;
+            let upstream = connect(to, mark).await?;
             upstream.set_nodelay(true)?;
             // The verifier checks the SPIFFE identity, not a name; SNI is off.
             let name = ServerName::try_from("tls-relay").expect("a valid name");
@@ -78,7 +129,7 @@ async fn relay(mut accepted: TcpStream, to: SocketAddr, side: Side) -> io::Resul
         }
         Side::Accept(acceptor) => {
             let mut tls = acceptor.accept(accepted).await?;
-            let mut upstream = TcpStream::connect(to).await?;
+            let mut upstream = connect(to, mark).await?;
             upstream.set_nodelay(true)?;
             tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut upstream, BUFFER, BUFFER)
                 .await?;
@@ -130,9 +181,19 @@ mod tests {
             stream.write_all(&received).await.unwrap();
         });
         let (b, b_addr) = listener().await;
-        tokio::spawn(serve(b, app_addr, Side::accept(&cert).unwrap()));
+        tokio::spawn(serve(
+            b,
+            Target::Fixed(app_addr),
+            Side::accept(&cert).unwrap(),
+            None,
+        ));
         let (a, a_addr) = listener().await;
-        tokio::spawn(serve(a, b_addr, Side::connect(&cert).unwrap()));
+        tokio::spawn(serve(
+            a,
+            Target::Fixed(b_addr),
+            Side::connect(&cert).unwrap(),
+            None,
+        ));
 
         let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut client = TcpStream::connect(a_addr).await.unwrap();
@@ -164,9 +225,19 @@ mod tests {
             }
         });
         let (b, b_addr) = listener().await;
-        tokio::spawn(serve(b, app_addr, Side::accept(&cert).unwrap()));
+        tokio::spawn(serve(
+            b,
+            Target::Fixed(app_addr),
+            Side::accept(&cert).unwrap(),
+            None,
+        ));
         let (a, a_addr) = listener().await;
-        tokio::spawn(serve(a, b_addr, Side::connect(&stranger).unwrap()));
+        tokio::spawn(serve(
+            a,
+            Target::Fixed(b_addr),
+            Side::connect(&stranger).unwrap(),
+            None,
+        ));
 
         let mut client = TcpStream::connect(a_addr).await.unwrap();
         let _ = client.write_all(b"hello").await;

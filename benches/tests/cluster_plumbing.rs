@@ -32,6 +32,9 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
     assert!(costs.cpu_us_per_request_per_ztunnel.median > 0.0);
     assert!(costs.cpu_us_per_connection_both_ztunnels.median > 0.0);
     assert!(costs.cpu_us_per_request_per_relay.median > 0.0);
+    // The in-pod path's requests really crossed the two relays behind the capture rules
+    // (without the rules they would go straight to the server and cost the relays nothing).
+    assert!(costs.cpu_us_per_request_per_relay_in_pod.median > 0.0);
     assert!(costs.cpu_us_per_connection_both_relays.median > 0.0);
     assert!(costs.cpu_ms_per_gib_both_ztunnels.median > 0.0);
     assert!(costs.cpu_ms_per_gib_both_relays.median > 0.0);
@@ -61,6 +64,7 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
         "mesh figures beside the tls-relay floor"
     );
     assert!(markdown.contains("CPU per GiB carried"), "{markdown}");
+    assert!(markdown.contains("x the in-pod relay"), "{markdown}");
     for chart in [&written.latency_chart, &written.throughput_chart] {
         let svg = std::fs::read_to_string(chart).unwrap();
         assert!(

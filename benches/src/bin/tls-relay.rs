@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use mesh_benches::tls_relay::{self, Side};
+use mesh_benches::tls_relay::{self, Side, Target};
 use mesh_core::cert::LocalCa;
 
 /// Command line.
@@ -27,15 +27,26 @@ struct Args {
     /// Relay B: accept TLS, connect with plain TCP.
     #[arg(long)]
     accept: bool,
-    /// `LISTEN=TO` address pairs, e.g. `0.0.0.0:17000=10.0.0.2:17000`; repeatable.
+    /// `LISTEN=TO` pairs, e.g. `0.0.0.0:17000=10.0.0.2:17000`; repeatable. `TO` may be
+    /// `original`: where the app sent the connection before a pod's rules captured it
+    /// (`SO_ORIGINAL_DST` of a REDIRECT, or with `--transparent` the local address of a
+    /// TPROXY).
     #[arg(long = "route", required = true, value_parser = parse_route)]
-    routes: Vec<(SocketAddr, SocketAddr)>,
+    routes: Vec<(SocketAddr, Option<SocketAddr>)>,
+    /// `SO_MARK` of the upstream sockets, e.g. ztunnel's 0x539 when the relay runs inside
+    /// a captured pod's namespace (the pod's rules then let its own traffic pass).
+    #[arg(long, value_parser = parse_mark)]
+    mark: Option<u32>,
+    /// Listen with IP_TRANSPARENT, so connections TPROXYed to a listener reach it (as
+    /// ztunnel's in-pod listeners do).
+    #[arg(long)]
+    transparent: bool,
     /// Worker threads (ztunnel's default is 2).
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
 }
 
-fn parse_route(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
+fn parse_route(text: &str) -> Result<(SocketAddr, Option<SocketAddr>), String> {
     let (listen, to) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected LISTEN=TO"))?;
@@ -43,7 +54,37 @@ fn parse_route(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
         a.parse::<SocketAddr>()
             .map_err(|e| format!("{a:?} in {text:?}: {e}"))
     };
-    Ok((parse(listen)?, parse(to)?))
+    let to = match to {
+        "original" => None,
+        to => Some(parse(to)?),
+    };
+    Ok((parse(listen)?, to))
+}
+
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: not a mark (decimal or 0x hex): {e}"))
+}
+
+/// A listener on `addr`, transparent (IP_TRANSPARENT) if asked. Must be called within a
+/// Tokio runtime.
+fn listen(addr: SocketAddr, transparent: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if transparent {
+        socket.set_ip_transparent_v4(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,11 +111,20 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?
         .block_on(async move {
             let mut relays = Vec::new();
-            for (listen, to) in args.routes {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("binding {listen}"))?;
-                relays.push(tokio::spawn(tls_relay::serve(listener, to, side.clone())));
+            for (addr, to) in args.routes {
+                let listener =
+                    listen(addr, args.transparent).with_context(|| format!("binding {addr}"))?;
+                let to = match to {
+                    Some(to) => Target::Fixed(to),
+                    None if args.transparent => Target::Tproxied,
+                    None => Target::Redirected,
+                };
+                relays.push(tokio::spawn(tls_relay::serve(
+                    listener,
+                    to,
+                    side.clone(),
+                    args.mark,
+                )));
             }
             println!("{} {}", mesh_tests::apps::READY_LINE, relays.len());
             for relay in relays {
