@@ -77,6 +77,9 @@ fn main() -> anyhow::Result<()> {
         .with(format)
         .init();
     raise_fd_limit();
+    if args.memory_trim_seconds > 0 {
+        ztunnel::memory::keep_heap_between_trims();
+    }
     let set_log_level: ztunnel::admin::SetLogLevel = std::sync::Arc::new(move |level: &str| {
         let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         reload.reload(filter).map_err(|e| e.to_string())
