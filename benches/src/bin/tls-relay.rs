@@ -69,22 +69,11 @@ fn parse_mark(text: &str) -> Result<u32, String> {
     parsed.map_err(|e| format!("{text:?}: not a mark (decimal or 0x hex): {e}"))
 }
 
-/// A listener on `addr`, transparent (IP_TRANSPARENT) if asked. Must be called within a
-/// Tokio runtime.
+/// A listener on `addr` in the relay's own namespace, transparent (IP_TRANSPARENT) if
+/// asked, as ztunnel binds its in-pod listeners. Must be called within a Tokio runtime.
 fn listen(addr: SocketAddr, transparent: bool) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    if transparent {
-        socket.set_ip_transparent_v4(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    let here = std::fs::File::open("/proc/thread-self/ns/net")?;
+    mesh_core::socket::listen_in(&here, addr, transparent)
 }
 
 fn main() -> anyhow::Result<()> {
