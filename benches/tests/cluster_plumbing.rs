@@ -33,8 +33,13 @@ fn a_tiny_run_measures_every_path_and_writes_every_output() {
     assert!(costs.cpu_us_per_connection_both_ztunnels.median > 0.0);
     assert!(costs.cpu_us_per_request_per_relay.median > 0.0);
     // The in-pod path's requests really crossed the two relays behind the capture rules
-    // (without the rules they would go straight to the server and cost the relays nothing).
-    assert!(costs.cpu_us_per_request_per_relay_in_pod.median > 0.0);
+    // (without the rules they would go straight to the server and the idle relays would
+    // spend nothing per request; relaying one costs them tens of µs).
+    assert!(
+        costs.cpu_us_per_request_per_relay_in_pod.median > 1.0,
+        "{:?}",
+        costs.cpu_us_per_request_per_relay_in_pod
+    );
     assert!(costs.cpu_us_per_connection_both_relays.median > 0.0);
     assert!(costs.cpu_ms_per_gib_both_ztunnels.median > 0.0);
     assert!(costs.cpu_ms_per_gib_both_relays.median > 0.0);

@@ -9,14 +9,14 @@
 //! Between trims, glibc would also give back the top of a heap on its own as soon as
 //! 128 KiB of it is free, and take it back (page faults, zeroed pages) on the next
 //! allocations: a bulk stream's 64 KiB chunks and TLS records did that all the time (four
-//! streams for 5 s: 47,000-147,000 page faults per ztunnel). [`keep_heap_between_trims`]
+//! streams for 5 s: 46,000-179,000 page faults per ztunnel). [`keep_heap_between_trims`]
 //! leaves that to the trimmer.
 
 use std::time::Duration;
 
 /// Free memory at the top of a heap that glibc keeps rather than returns at once (its
-/// default is 128 KiB). At 4 MiB, four bulk streams' page faults fell from 46,000-147,000
-/// to 200-1,400 per ztunnel in 5 s (1 MiB left 4,000-40,000); the trimmer returns it.
+/// default is 128 KiB). At 4 MiB, four bulk streams' page faults fell from 46,000-179,000
+/// to 200-1,600 per ztunnel in 5 s (1 MiB left 4,000-40,000); the trimmer returns it.
 pub const HEAP_KEPT_BETWEEN_TRIMS: usize = 4 << 20;
 
 /// Lets freed heap wait for the trimmer instead of going back (and coming back) at every

@@ -27,7 +27,7 @@ fn faults_over(cycles: usize) -> i64 {
 
 #[test]
 fn freed_heap_is_not_given_back_and_faulted_in_again_at_every_cycle() {
-    // glibc's default gives the top back at every cycle: ~128 faults each.
+    // glibc's default gives the top back at every cycle: about 100 faults each.
     let by_default = faults_over(50);
     assert!(
         by_default > 50 * 64,
