@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
+use crate::workers::Workers;
+
 /// Starts the drain; the other half of [`DrainWatch`].
 #[derive(Debug)]
 pub struct Drain {
@@ -32,6 +34,9 @@ pub struct DrainWatch {
     stop: Signal,
     force: Signal,
     tracker: TaskTracker,
+    /// Where accepted connections run: placed on these threads, or (none) spawned on the
+    /// accepting runtime.
+    workers: Option<Arc<Workers>>,
 }
 
 /// A one-way signal that hot futures can watch cheaply: raised once, never lowered.
@@ -96,12 +101,23 @@ impl Future for Raised {
     }
 }
 
-/// A new drain and its watch.
+/// A new drain and its watch; connections run on the runtime that accepts them.
 pub fn new() -> (Drain, DrainWatch) {
+    new_with(None)
+}
+
+/// A new drain whose listeners place each connection they accept on one of `workers`
+/// (see [`crate::workers`]).
+pub fn new_on(workers: Arc<Workers>) -> (Drain, DrainWatch) {
+    new_with(Some(workers))
+}
+
+fn new_with(workers: Option<Arc<Workers>>) -> (Drain, DrainWatch) {
     let watch = DrainWatch {
         stop: Signal::default(),
         force: Signal::default(),
         tracker: TaskTracker::new(),
+        workers,
     };
     (
         Drain {
@@ -166,6 +182,46 @@ impl DrainWatch {
     pub fn connections(&self) -> usize {
         self.tracker.len()
     }
+
+    /// Serves an accepted connection with `serve`: here, or on the least busy worker.
+    fn serve_accepted<F, Fut>(&self, stream: TcpStream, peer: SocketAddr, serve: &Arc<F>)
+    where
+        F: Fn(TcpStream, SocketAddr) -> Option<Fut> + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(workers) = &self.workers else {
+            if let Some(connection) = serve(stream, peer) {
+                self.spawn(connection);
+            }
+            return;
+        };
+        // The stream is registered with the accepting thread's reactor, which would then
+        // wake the worker for every readable event: it is registered again on the worker.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "accepted connection lost moving it to a worker");
+                return;
+            }
+        };
+        let serve = serve.clone();
+        let connection = async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    if let Some(connection) = serve(stream, peer) {
+                        connection.await;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%peer, error = %err, "accepted connection lost moving it to a worker");
+                }
+            }
+        };
+        workers.place(self.tracker.track_future(UntilForced {
+            connection,
+            force: self.force.raised(),
+        }));
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -195,18 +251,20 @@ impl<F: Future<Output = ()>> Future for UntilForced<F> {
 }
 
 /// Accepts on `listener` until the drain starts, each accepted connection served on its
-/// own tracked task by what `serve` returns (`None`: refused, the stream is dropped). An
-/// accept error (out of descriptors, say) backs off instead of spinning. The listener is
-/// closed on return, so new connections are refused from then on.
+/// own tracked task (on a worker, for a watch made by [`new_on`]) by what `serve` returns
+/// (`None`: refused, the stream is dropped). An accept error (out of descriptors, say)
+/// backs off instead of spinning. The listener is closed on return, so new connections
+/// are refused from then on.
 pub async fn accept_until_drained<F, Fut>(
     listener: TcpListener,
     watch: &DrainWatch,
     what: &'static str,
-    mut serve: F,
+    serve: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    F: Fn(TcpStream, SocketAddr) -> Option<Fut> + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     let stopping = watch.stopping();
     tokio::pin!(stopping);
     loop {
@@ -214,11 +272,7 @@ pub async fn accept_until_drained<F, Fut>(
             biased;
             () = &mut stopping => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if let Some(connection) = serve(stream, peer) {
-                        watch.spawn(connection);
-                    }
-                }
+                Ok((stream, peer)) => watch.serve_accepted(stream, peer, &serve),
                 Err(err) => {
                     tracing::warn!(listener = what, error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

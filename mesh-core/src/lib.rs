@@ -20,6 +20,7 @@ pub mod inpod;
 pub mod netns;
 pub mod socket;
 pub mod tls;
+pub mod workers;
 pub mod zds;
 
 pub use identity::Identity;

@@ -631,3 +631,119 @@ async fn record_counting_forwarder(
     });
     (addr, records)
 }
+
+/// On worker threads (`mesh_core::workers`) a tunnel rides a connection of its own
+/// worker's, driven there: two workers holding tunnels to one destination at once open one
+/// connection each, even with one lane. A server whose drain places connections on
+/// workers serves each accepted connection and all its tunnels on one worker, and the two
+/// connections on two workers.
+#[tokio::test]
+async fn on_workers_each_worker_has_its_own_connections_and_keeps_their_tunnels() {
+    use mesh_core::hbone::{HboneServer, InboundTunnel, ServerSettings};
+    use mesh_core::workers::{self, Workers};
+
+    let ca = ca();
+    let certs = certs(ca.clone());
+    let server_id = id("shop", "server");
+    certs.fetch(&server_id).await.unwrap();
+    let resolver = Arc::new(mesh_core::tls::ManagedCertResolver::new(
+        certs.clone(),
+        server_id.clone(),
+    ));
+    let config = mesh_core::tls::server_config(resolver, ca.roots(), TRUST_DOMAIN).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let tunnels_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = tunnels_seen.clone();
+    let handler = move |tunnel: InboundTunnel| {
+        seen.lock()
+            .unwrap()
+            .push((tunnel.peer().addr, workers::current()));
+        async move {
+            let upstream = tokio::net::TcpStream::connect(tunnel.target())
+                .await
+                .unwrap();
+            let downstream = tunnel.accept().unwrap();
+            let _ = mesh_core::hbone::splice(&upstream, downstream).await;
+        }
+    };
+    let server = HboneServer::new(listener, config, handler, ServerSettings::default());
+    let server_workers = Workers::start(2, "server-worker").unwrap();
+    let (drain, watch) = mesh_core::drain::new_on(server_workers);
+    let serving = tokio::spawn(async move { server.run_with(&watch).await });
+    let app = echo_app().await;
+
+    let client = Arc::new(HboneClient::new(
+        certs,
+        ClientSettings {
+            lanes: 1,
+            ..ClientSettings::default()
+        },
+    ));
+    let client_workers = Workers::start(2, "client-worker").unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let request = mesh_core::hbone::ConnectRequest {
+        src: id("shop", "web"),
+        dst: server_addr,
+        dst_identities: vec![server_id],
+        authority: app,
+        headers: http::HeaderMap::new(),
+    };
+    let (opened, mut all_open) = tokio::sync::mpsc::channel::<()>(4);
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, request, opened) = (client.clone(), request.clone(), opened.clone());
+            let mut released = released.clone();
+            client_workers.place(async move {
+                let mut held = Vec::new();
+                for n in 0..2u8 {
+                    let mut tunnel = client.connect(request.clone()).await.unwrap();
+                    assert_eq!(echo_through(&mut tunnel, &[n]).await, [n]);
+                    held.push(tunnel);
+                }
+                opened.send(()).await.unwrap();
+                let _ = released.wait_for(|r| *r).await;
+                workers::current()
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, all_open.recv()).await.unwrap();
+    }
+    assert_eq!(
+        client.pooled_connections(),
+        2,
+        "one lane, but a connection per worker"
+    );
+    let seen = tunnels_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    let mut by_connection = std::collections::BTreeMap::new();
+    for (peer, worker) in &seen {
+        assert!(worker.is_some(), "tunnel served off the workers: {seen:?}");
+        by_connection
+            .entry(*peer)
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(*worker);
+    }
+    assert_eq!(by_connection.len(), 2, "{seen:?}");
+    assert!(
+        by_connection.values().all(|workers| workers.len() == 1),
+        "a connection's tunnels on one worker: {seen:?}"
+    );
+    let server_sides: std::collections::BTreeSet<_> = by_connection.values().flatten().collect();
+    assert_eq!(
+        server_sides.len(),
+        2,
+        "two connections, two workers: {seen:?}"
+    );
+
+    release.send_replace(true);
+    let mut client_sides = Vec::new();
+    for holder in holders {
+        client_sides.push(holder.await.unwrap());
+    }
+    client_sides.sort();
+    assert_eq!(client_sides, [Some(0), Some(1)]);
+    assert!(drain.drain(WAIT).await);
+    serving.await.unwrap();
+}

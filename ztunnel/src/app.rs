@@ -40,6 +40,9 @@ pub struct Config {
     pub set_log_level: crate::admin::SetLogLevel,
     /// How often freed heap is given back to the kernel (zero: never).
     pub memory_trim: Duration,
+    /// Threads that carry pods' connections, each connection on one of them
+    /// (`mesh_core::workers`); 0: the runtime `run` is called on carries them.
+    pub worker_threads: usize,
 }
 
 /// Runs ztunnel until `shutdown` completes, then drains (see [`Config::drain_timeout`]).
@@ -101,12 +104,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     .with_context(|| format!("binding {:?}", config.endpoints))?;
     let endpoints = tokio::spawn(endpoints);
     crate::memory::spawn_trimmer(config.memory_trim);
+    let workers = match config.worker_threads {
+        0 => None,
+        n => Some(
+            mesh_core::workers::Workers::start(n, "ztunnel-worker")
+                .context("starting the worker threads")?,
+        ),
+    };
     let state = Arc::new(ProxyState {
         plane,
         certs,
         trust_domain: config.trust_domain.clone(),
         mark: config.mark,
         metrics,
+        workers,
     });
     tracing::info!(node = %config.node_name, socket = %config.zds_socket.display(), "ztunnel started");
     let pods = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -84,7 +84,7 @@ where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    accept_until_drained(listener, &drain, "http", |stream, _| {
+    accept_until_drained(listener, &drain, "http", move |stream, _| {
         let page = page.clone();
         Some(async move {
             let service = hyper::service::service_fn(page);

@@ -56,8 +56,8 @@ struct Args {
     /// pod's terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 20)]
     drain_timeout_seconds: u64,
-    /// Threads that run the proxy (Istio's ztunnel reads the same variable; its default
-    /// is 2 as well).
+    /// Threads that carry pods' connections, beside one for the control plane (Istio's
+    /// ztunnel reads the same variable; its default is 2 as well).
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     worker_threads: u16,
     /// Seconds between returns of freed heap to the kernel after bursts (0: never).
@@ -101,13 +101,15 @@ fn main() -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         set_log_level,
         memory_trim: std::time::Duration::from_secs(args.memory_trim_seconds),
+        worker_threads: usize::from(args.worker_threads),
         endpoints: ztunnel::http_endpoints::Endpoints {
             metrics: args.metrics_addr,
             readiness: args.readiness_addr,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.worker_threads))
+    // The control plane (configuration, ZDS, certificates, the node's endpoints, the pods'
+    // listeners) runs here; connections run on the workers `app::run` starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {

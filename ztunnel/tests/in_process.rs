@@ -89,6 +89,7 @@ async fn start(pods: &Pods, plane: DataPlane) -> Mesh {
         trust_domain: "cluster.local".into(),
         mark: 0,
         metrics: Arc::new(ztunnel::metrics::Metrics::default()),
+        workers: None,
     });
     let redirects = Redirects::default();
     let mut proxies = Vec::new();

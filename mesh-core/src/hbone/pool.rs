@@ -31,6 +31,10 @@ pub(crate) struct PoolKey {
     /// Sorted, so the same set in another order is the same key.
     pub dst_identities: Vec<Identity>,
     pub dst: SocketAddr,
+    /// The worker thread asking ([`crate::workers::current`]): each worker has its own
+    /// connections, driven on that worker, so a tunnel's task and its connection's never
+    /// wake each other across threads.
+    pub worker: Option<usize>,
 }
 
 impl PoolKey {
@@ -41,6 +45,7 @@ impl PoolKey {
             src,
             dst_identities,
             dst,
+            worker: crate::workers::current(),
         }
     }
 }

@@ -257,13 +257,16 @@ impl<H: TunnelHandler> HboneServer<H> {
     /// own task, so one bad client never holds up another.
     pub async fn run_with(self, watch: &DrainWatch) {
         let HboneServer { listener, shared } = self;
-        crate::drain::accept_until_drained(listener, watch, "hbone", |tcp, peer| {
+        let connections_watch = watch.clone();
+        crate::drain::accept_until_drained(listener, watch, "hbone", move |tcp, peer| {
             let Some(slot) = shared.connections_per_source.try_acquire(peer.ip()) else {
                 ServerStats::bump(&shared.stats.over_connection_limit);
                 tracing::debug!(%peer, "HBONE connection refused: source over its connection limit");
                 return None;
             };
-            let serving = shared.clone().serve_connection(tcp, peer, watch.clone());
+            let serving = shared
+                .clone()
+                .serve_connection(tcp, peer, connections_watch.clone());
             Some(Holding::new(serving, slot))
         })
         .await;

@@ -125,10 +125,15 @@ fn count_refusal(pod: &PodContext, listener: &'static str, error: &ProxyError) {
 
 /// Accepts TPROXYed plaintext connections until the proxy drains.
 pub(super) async fn run_plaintext(pod: Arc<PodContext>, listener: TcpListener, drain: DrainWatch) {
-    accept_until_drained(listener, &drain, "inbound plaintext", |stream, peer| {
-        let span = super::connection_span("inbound_plaintext", peer);
-        Some(serve_plaintext(pod.clone(), stream, peer).instrument(span))
-    })
+    accept_until_drained(
+        listener,
+        &drain,
+        "inbound plaintext",
+        move |stream, peer| {
+            let span = super::connection_span("inbound_plaintext", peer);
+            Some(serve_plaintext(pod.clone(), stream, peer).instrument(span))
+        },
+    )
     .await;
 }
 

@@ -86,6 +86,9 @@ pub struct ProxyState {
     pub mark: u32,
     /// Istio's TCP metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The threads pods' connections run on (each connection and all it spawns on one of
+    /// them); `None`: on the runtime that starts the proxies.
+    pub workers: Option<Arc<mesh_core::workers::Workers>>,
 }
 
 impl ProxyState {
@@ -197,10 +200,15 @@ impl WorkloadProxy {
         let dialer = Arc::new(PodDialer {
             sockets: sockets.clone(),
         });
-        // One lane per worker thread: concurrent tunnels to a destination encrypt on
-        // every core.
+        // Concurrent tunnels to a destination encrypt on every core: on workers, each has
+        // its own connections (the pool keys them by worker); else one lane per thread of
+        // the runtime.
+        let lanes = match &state.workers {
+            Some(_) => 1,
+            None => tokio::runtime::Handle::current().metrics().num_workers(),
+        };
         let settings = ClientSettings {
-            lanes: tokio::runtime::Handle::current().metrics().num_workers(),
+            lanes,
             ..ClientSettings::default()
         };
         let client = HboneClient::with_dialer(state.certs.clone(), settings, dialer);
@@ -228,7 +236,10 @@ impl WorkloadProxy {
         };
         let server = HboneServer::new(hbone, server_config, handler, ServerSettings::default());
         // One drain for the pod's three listeners and all their connections.
-        let (drain, watch) = mesh_core::drain::new();
+        let (drain, watch) = match &state.workers {
+            Some(workers) => mesh_core::drain::new_on(workers.clone()),
+            None => mesh_core::drain::new(),
+        };
         let hbone_watch = watch.clone();
         let tasks = vec![
             tokio::spawn(outbound::run(context.clone(), outbound, watch.clone())),

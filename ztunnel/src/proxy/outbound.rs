@@ -30,7 +30,7 @@ fn source_labels(pod: &PodContext) -> TcpLabels {
 
 /// Accepts redirected connections until the proxy drains.
 pub(super) async fn run(pod: Arc<PodContext>, listener: TcpListener, drain: DrainWatch) {
-    accept_until_drained(listener, &drain, "outbound", |stream, peer| {
+    accept_until_drained(listener, &drain, "outbound", move |stream, peer| {
         Some(serve(pod.clone(), stream).instrument(super::connection_span("outbound", peer)))
     })
     .await;

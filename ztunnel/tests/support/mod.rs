@@ -61,6 +61,7 @@ impl Mesh {
             trust_domain: TRUST_DOMAIN.into(),
             mark: 0x539,
             metrics: Arc::new(ztunnel::metrics::Metrics::default()),
+            workers: Some(mesh_core::workers::Workers::start(2, "test-worker").unwrap()),
         });
         let mut proxies = Vec::new();
         for pod in cluster.pods() {
