@@ -242,6 +242,9 @@ pub struct Costs {
     pub burst_recovery_seconds: Option<f64>,
     /// The ztunnels' RSS right after the burst, MiB (the larger).
     pub burst_rss_mib: f64,
+    /// Each ztunnel's RSS when the recovery check ended (settled, or the window over) and
+    /// what 1.1x its idle RSS allows, MiB: how close a recovery that missed came.
+    pub burst_end_rss_mib: Vec<(f64, f64)>,
 }
 
 /// The kernel's share (0 to 1) of the proxies' CPU in the runs whose cost [`Costs`] reports.
@@ -742,6 +745,11 @@ fn memory(bench: &BenchCluster, plan: &Plan, idle_rss: &[f64]) -> BenchResult<Co
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    let mut end = Vec::new();
+    for (&pid, &idle) in ztunnels.iter().zip(idle_rss) {
+        let kib = procstat::rss_kib(pid).map_err(|e| e.to_string())?;
+        end.push((kib as f64 / 1024.0, idle * 1.1));
+    }
     let mut peak = 0.0f64;
     for &pid in &ztunnels {
         let kib = procstat::peak_rss_kib(pid).map_err(|e| e.to_string())?;
@@ -754,6 +762,7 @@ fn memory(bench: &BenchCluster, plan: &Plan, idle_rss: &[f64]) -> BenchResult<Co
         peak_rss_mib: peak,
         burst_recovery_seconds: recovery,
         burst_rss_mib: burst_rss,
+        burst_end_rss_mib: end,
         ..Costs::default()
     })
 }

@@ -204,23 +204,71 @@ impl DrainWatch {
                 return;
             }
         };
-        let serve = serve.clone();
-        let connection = async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    if let Some(connection) = serve(stream, peer) {
-                        connection.await;
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(%peer, error = %err, "accepted connection lost moving it to a worker");
-                }
-            }
-        };
         workers.place(self.tracker.track_future(UntilForced {
-            connection,
+            connection: ServeMoved::new(stream, peer, serve.clone()),
             force: self.force.raised(),
         }));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An accepted stream on its way to a worker: registered with the reactor of the
+    /// thread that first polls it, then served. A named future, so the task holds the
+    /// connection's future once (an `async` block keeps `serve`'s `Option` beside it).
+    #[project = ServeMovedProj]
+    enum ServeMoved<F, Fut> {
+        Start { stream: Option<std::net::TcpStream>, peer: SocketAddr, serve: Arc<F> },
+        Serving { #[pin] connection: Fut },
+        Done,
+    }
+}
+
+impl<F, Fut> ServeMoved<F, Fut>
+where
+    F: Fn(TcpStream, SocketAddr) -> Option<Fut>,
+{
+    fn new(stream: std::net::TcpStream, peer: SocketAddr, serve: Arc<F>) -> Self {
+        ServeMoved::Start {
+            stream: Some(stream),
+            peer,
+            serve,
+        }
+    }
+}
+
+impl<F, Fut> Future for ServeMoved<F, Fut>
+where
+    F: Fn(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                ServeMovedProj::Start {
+                    stream,
+                    peer,
+                    serve,
+                } => {
+                    let peer = *peer;
+                    let next = match stream.take().map(TcpStream::from_std) {
+                        Some(Ok(stream)) => match serve(stream, peer) {
+                            Some(connection) => ServeMoved::Serving { connection },
+                            None => ServeMoved::Done,
+                        },
+                        Some(Err(err)) => {
+                            tracing::warn!(%peer, error = %err, "accepted connection lost moving it to a worker");
+                            ServeMoved::Done
+                        }
+                        None => ServeMoved::Done,
+                    };
+                    self.set(next);
+                }
+                ServeMovedProj::Serving { connection } => return connection.poll(cx),
+                ServeMovedProj::Done => return Poll::Ready(()),
+            }
+        }
     }
 }
 
@@ -323,6 +371,21 @@ mod tests {
             force: watch.force.raised(),
         };
         assert!(std::mem::size_of_val(&wrapped) < alone + 256);
+    }
+
+    #[test]
+    fn a_connection_moved_to_a_worker_is_held_once() {
+        async fn connection() {
+            let buffer = [0u8; 4096];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&buffer);
+        }
+        let alone = std::mem::size_of_val(&connection());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = listener.local_addr().unwrap();
+        let stream = std::net::TcpStream::connect(peer).unwrap();
+        let moved = ServeMoved::new(stream, peer, Arc::new(|_, _| Some(connection())));
+        assert!(std::mem::size_of_val(&moved) < alone + 256);
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::hbone::holding::Holding;
+
 thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
 }
@@ -97,12 +99,7 @@ impl Workers {
         F::Output: Send + 'static,
     {
         let worker = self.least_busy();
-        worker.live.fetch_add(1, Ordering::Relaxed);
-        let live = LiveGuard(worker.live.clone());
-        worker.handle.spawn(async move {
-            let _live = live;
-            connection.await
-        })
+        worker.handle.spawn(worker.counted(connection))
     }
 
     fn least_busy(&self) -> &Worker {
@@ -112,6 +109,15 @@ impl Workers {
             .map(|i| &self.workers[(start + i) % n])
             .min_by_key(|w| w.live.load(Ordering::Relaxed))
             .unwrap_or(&self.workers[0])
+    }
+}
+
+impl Worker {
+    /// `connection`, counted live here until it ends. Not an `async` block holding the
+    /// count: that would store the connection's future twice for its whole life.
+    fn counted<F>(&self, connection: F) -> Holding<F, LiveGuard> {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Holding::new(connection, LiveGuard(self.live.clone()))
     }
 }
 
@@ -155,6 +161,19 @@ mod tests {
         assert_eq!(on, [Some(0), Some(0), Some(1), Some(1)]);
         assert_eq!(workers.live(), [0, 0]);
         assert_eq!(current(), None, "the test's own thread is no worker");
+    }
+
+    #[test]
+    fn a_placed_connection_is_held_once() {
+        async fn connection() {
+            let buffer = [0u8; 4096];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&buffer);
+        }
+        let workers = Workers::start(1, "test-worker").unwrap();
+        let alone = std::mem::size_of_val(&connection());
+        let counted = workers.workers[0].counted(connection());
+        assert!(std::mem::size_of_val(&counted) <= alone + 16);
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 
 pub mod client;
 pub mod headers;
-mod holding;
+pub(crate) mod holding;
 pub mod limits;
 mod pool;
 pub mod server;
