@@ -66,6 +66,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    ztunnel::memory::restart_with_heap_tunables();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

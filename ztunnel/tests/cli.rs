@@ -69,3 +69,89 @@ fn relative_relocations_are_packed() {
     let dynamic = String::from_utf8_lossy(&output.stdout);
     assert!(dynamic.contains("(RELR)"), "no DT_RELR entry:\n{dynamic}");
 }
+
+/// The environment a running ztunnel was started with (`/proc/<pid>/environ`), once it
+/// has started: the first exec may still be replacing itself.
+fn environment_of(child: &std::process::Child) -> Vec<String> {
+    let path = format!("/proc/{}/environ", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let environ = std::fs::read(&path).unwrap_or_default();
+        let vars: Vec<String> = environ
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        if vars.iter().any(|v| v.starts_with("GLIBC_TUNABLES="))
+            || std::time::Instant::now() > deadline
+        {
+            return vars;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A ztunnel that waits for its ZDS socket, on ports of its own.
+fn start_waiting(tunables: Option<&str>) -> std::process::Child {
+    let dir = std::env::temp_dir().join(format!("ztunnel-cli-{}", std::process::id()));
+    let config = dir.join(format!("config-{}", tunables.is_some()));
+    std::fs::create_dir_all(&config).unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .args(["--node-name", "n1", "--config-dir"])
+        .arg(&config)
+        .arg("--ca-dir")
+        .arg(dir.join(format!("ca-{}", tunables.is_some())))
+        .arg("--zds-socket")
+        .arg(dir.join("no-agent.sock"))
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--readiness-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env_remove("GLIBC_TUNABLES")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(tunables) = tunables {
+        command.env("GLIBC_TUNABLES", tunables);
+    }
+    command.spawn().unwrap()
+}
+
+#[test]
+#[cfg(target_env = "gnu")]
+fn it_runs_with_its_heap_tunables_unless_the_operator_set_their_own() {
+    let mut ours = start_waiting(None);
+    let vars = environment_of(&ours);
+    let _ = ours.kill();
+    let _ = ours.wait();
+    // glibc splits the variable in place as it parses it (the environment's memory is what
+    // /proc shows), so its settings may follow one another as separate strings.
+    let tunables = vars
+        .iter()
+        .skip_while(|v| !v.starts_with("GLIBC_TUNABLES="))
+        .take(2)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(
+        tunables.starts_with(&format!(
+            "GLIBC_TUNABLES={}",
+            ztunnel::memory::HEAP_TUNABLES
+        )),
+        "{vars:?}"
+    );
+
+    let mut theirs = start_waiting(Some("glibc.malloc.check=0"));
+    let vars = environment_of(&theirs);
+    let _ = theirs.kill();
+    let _ = theirs.wait();
+    assert!(
+        vars.contains(&"GLIBC_TUNABLES=glibc.malloc.check=0".to_string()),
+        "{vars:?}"
+    );
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("ztunnel-cli-{}", std::process::id())),
+    );
+}
